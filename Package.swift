@@ -1,0 +1,138 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "swift-chat",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "Gateway", targets: ["Gateway"]),
+        .executable(name: "Persistence", targets: ["Persistence"]),
+        .executable(name: "Rooms", targets: ["Rooms"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+    ],
+    targets: [
+        // MARK: Shared modules
+        .systemLibrary(
+            name: "CRabbitMQ",
+            path: "Shared/CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        .target(
+            name: "AMQPClient",
+            dependencies: [
+                "CRabbitMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Shared/AMQPClient",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ChatProtocol",
+            path: "Shared/ChatProtocol",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ChannelLayer",
+            dependencies: [
+                "AMQPClient",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Shared/ChannelLayer",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ChatStorage",
+            dependencies: [
+                "ChatProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            path: "Shared/ChatStorage",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ServiceKit",
+            dependencies: [
+                "AMQPClient",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Shared/ServiceKit",
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Services
+        .target(
+            name: "GatewayService",
+            dependencies: [
+                "AMQPClient", "ChannelLayer", "ChatProtocol", "ServiceKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+            ],
+            path: "Services/Gateway/Sources/GatewayService",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "Gateway",
+            dependencies: ["GatewayService", "ServiceKit"],
+            path: "Services/Gateway/Sources/Gateway",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "PersistenceService",
+            dependencies: ["AMQPClient", "ChatProtocol", "ChatStorage", "ServiceKit"],
+            path: "Services/Persistence/Sources/PersistenceService",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "Persistence",
+            dependencies: ["PersistenceService", "ServiceKit"],
+            path: "Services/Persistence/Sources/Persistence",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RoomService",
+            dependencies: ["AMQPClient", "ChatProtocol", "ChatStorage", "ServiceKit"],
+            path: "Services/Rooms/Sources/RoomService",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "Rooms",
+            dependencies: ["RoomService", "ServiceKit"],
+            path: "Services/Rooms/Sources/Rooms",
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Tests
+        .testTarget(
+            name: "AMQPClientTests",
+            dependencies: ["AMQPClient", "ChannelLayer"],
+            path: "Tests/AMQPClientTests",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ChatUnitTests",
+            dependencies: ["ChatProtocol", "ChannelLayer", "ChatStorage", "GatewayService"],
+            path: "Tests/ChatUnitTests",
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,54 @@
+import Foundation
+
+/// Where and how to reach the broker. Built from an `amqp://user:pass@host:port/vhost` URL.
+public struct AMQPConfiguration: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public var user: String
+    public var password: String
+    public var virtualHost: String
+    /// Heartbeat interval negotiated with the broker, in seconds (0 disables heartbeats).
+    public var heartbeatSeconds: Int
+    /// Connection name shown in the broker's management tools.
+    public var connectionName: String
+    /// Upper bound of the exponential reconnect backoff.
+    public var maxReconnectDelay: Duration
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 5672,
+        user: String = "guest",
+        password: String = "guest",
+        virtualHost: String = "/",
+        heartbeatSeconds: Int = 10,
+        connectionName: String = "swift-chat",
+        maxReconnectDelay: Duration = .seconds(5)
+    ) {
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.virtualHost = virtualHost
+        self.heartbeatSeconds = heartbeatSeconds
+        self.connectionName = connectionName
+        self.maxReconnectDelay = maxReconnectDelay
+    }
+
+    /// Parses `amqp://user:pass@host:port/vhost`. An empty path means the vhost `/`;
+    /// `%2F` in the path is the encoded `/`.
+    public init(url: String, connectionName: String = "swift-chat") throws(AMQPError) {
+        guard let components = URLComponents(string: url), components.scheme == "amqp" else {
+            throw AMQPError.invalidURL(url)
+        }
+        self.init(connectionName: connectionName)
+        if let host = components.host, !host.isEmpty { self.host = host }
+        if let port = components.port { self.port = port }
+        if let user = components.user { self.user = user.removingPercentEncoding ?? user }
+        if let password = components.password { self.password = password.removingPercentEncoding ?? password }
+        let path = components.percentEncodedPath
+        if path.count > 1 {
+            let raw = String(path.dropFirst())
+            self.virtualHost = raw.removingPercentEncoding ?? raw
+        }
+    }
+}

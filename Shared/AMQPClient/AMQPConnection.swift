@@ -1,0 +1,290 @@
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A connection to a RabbitMQ broker over librabbitmq-c.
+///
+/// librabbitmq-c is not thread-safe and its calls block, so one dedicated thread owns the C connection
+/// (see ``AMQPWorker``): every public method enqueues a command for that thread and awaits its answer, and
+/// nothing here blocks Swift's cooperative pool or a NIO event loop. The thread connects, keeps heartbeats
+/// alive, reconnects with exponential backoff when the broker goes away, and then declares again every
+/// exchange, queue, binding and consumer that was declared through this connection.
+///
+/// It is a swift-service-lifecycle `Service`: `run()` waits for graceful shutdown and then closes the
+/// connection, so list it first in a `ServiceGroup` (services shut down in reverse order) to keep it up
+/// while the parts that use it drain.
+public final class AMQPConnection: Service, Sendable {
+    public let configuration: AMQPConfiguration
+    let logger: Logger
+    let shared: Mutex<SharedState>
+    let connected: Atomic<Bool>
+    let wakeReadFD: Int32
+    let wakeWriteFD: Int32
+    private let nextConsumerID = Atomic<Int>(1)
+
+    struct SharedState {
+        var commands: [AMQPCommand] = []
+        var workerSleeping = false
+        var closing = false
+        var exited = false
+        var closeWaiters: [CheckedContinuation<Void, Never>] = []
+        var connectWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    public init(configuration: AMQPConfiguration, logger: Logger = Logger(label: "amqp")) {
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "amqp.host"] = "\(configuration.host):\(configuration.port)"
+        self.logger = logger
+        self.shared = Mutex(SharedState())
+        self.connected = Atomic(false)
+        var fds: [Int32] = [0, 0]
+        let rc = pipe(&fds)
+        precondition(rc == 0, "pipe() failed: \(errno)")
+        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+        _ = fcntl(fds[1], F_SETFL, O_NONBLOCK)
+        self.wakeReadFD = fds[0]
+        self.wakeWriteFD = fds[1]
+        let worker = AMQPWorker(owner: self)
+        let thread = Thread { worker.run() }
+        thread.name = "amqp-\(configuration.connectionName)"
+        thread.start()
+    }
+
+    deinit {
+        Glibc.close(wakeReadFD)
+        Glibc.close(wakeWriteFD)
+    }
+
+    /// Whether the broker connection is up now (for readiness checks).
+    public var isConnected: Bool { connected.load(ordering: .acquiring) }
+
+    /// Waits until the connection is up (or the connection is closed).
+    public func waitUntilConnected() async {
+        if isConnected { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = shared.withLock { state -> Bool in
+                if connected.load(ordering: .acquiring) || state.exited { return true }
+                state.connectWaiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    // MARK: Service
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await self.close()
+    }
+
+    /// Closes the connection: pending publishes fail with ``AMQPError/closed``, consumers' streams finish.
+    public func close() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = shared.withLock { state -> Bool in
+                if state.exited { return true }
+                state.closing = true
+                state.closeWaiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() } else { wake() }
+        }
+    }
+
+    // MARK: Topology
+
+    public func declareExchange(_ name: String, type: AMQPExchangeType, durable: Bool = true, autoDelete: Bool = false,
+                                arguments: AMQPTable = [:]) async throws {
+        let spec = ExchangeSpec(name: name, type: type, durable: durable, autoDelete: autoDelete, arguments: arguments)
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            enqueue(.declareExchange(spec, c))
+        }
+    }
+
+    /// Declares a named queue. Exclusive queues belong to this connection and are declared again after a reconnect.
+    public func declareQueue(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
+                             arguments: AMQPTable = [:]) async throws {
+        precondition(!name.isEmpty, "queues are named by their owner so that they can be declared again after a reconnect")
+        let spec = QueueSpec(name: name, durable: durable, exclusive: exclusive, autoDelete: autoDelete, arguments: arguments)
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            enqueue(.declareQueue(spec, c))
+        }
+    }
+
+    public func deleteQueue(_ name: String) async throws {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            enqueue(.deleteQueue(name, c))
+        }
+    }
+
+    /// Returns the number of ready messages in a queue (a passive declare).
+    public func messageCount(queue: String) async throws -> Int {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int, any Error>) in
+            enqueue(.messageCount(queue, c))
+        }
+    }
+
+    public func bindQueue(_ queue: String, exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+        let spec = BindingSpec(queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments)
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            enqueue(.bind(spec, c))
+        }
+    }
+
+    public func unbindQueue(_ queue: String, exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+        let spec = BindingSpec(queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments)
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            enqueue(.unbind(spec, c))
+        }
+    }
+
+    // MARK: Publishing
+
+    /// Publishes one message and returns once the broker has confirmed it (publisher confirms).
+    public func publish(_ message: AMQPOutgoingMessage) async throws {
+        try await publish([message])
+    }
+
+    /// Publishes messages back to back (pipelined) and returns once the broker has confirmed all of them.
+    /// Throws if any is nacked, returned as unroutable (when mandatory), or the connection drops first.
+    public func publish(_ messages: [AMQPOutgoingMessage]) async throws {
+        if messages.isEmpty { return }
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            enqueue(.publish(messages, c))
+        }
+    }
+
+    // MARK: Consuming
+
+    /// Starts a consumer with manual acknowledgements (unless `autoAck`) and at most `prefetch` unacknowledged
+    /// deliveries. The consumer survives reconnects; ending the iteration cancels it.
+    public func consume(queue: String, prefetch: UInt16 = 100, autoAck: Bool = false) -> AMQPConsumer {
+        let id = nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let (stream, continuation) = AsyncStream<AMQPDelivery>.makeStream(bufferingPolicy: .unbounded)
+        let record = ConsumerRecord(id: id, queue: queue, prefetch: prefetch, autoAck: autoAck, continuation: continuation)
+        continuation.onTermination = { [weak self] _ in
+            self?.enqueue(.cancelConsumer(id))
+        }
+        enqueue(.consume(record))
+        return AMQPConsumer(stream: stream)
+    }
+
+    // MARK: Commands to the worker thread
+
+    func enqueueAck(channel: UInt16, generation: UInt64, deliveryTag: UInt64, multiple: Bool) {
+        enqueue(.ack(channel: channel, generation: generation, tag: deliveryTag, multiple: multiple))
+    }
+
+    func enqueueNack(channel: UInt16, generation: UInt64, deliveryTag: UInt64, requeue: Bool) {
+        enqueue(.nack(channel: channel, generation: generation, tag: deliveryTag, requeue: requeue))
+    }
+
+    func enqueue(_ command: AMQPCommand) {
+        let (accepted, mustWake) = shared.withLock { state -> (Bool, Bool) in
+            if state.exited || state.closing { return (false, false) }
+            state.commands.append(command)
+            let mustWake = state.workerSleeping
+            state.workerSleeping = false
+            return (true, mustWake)
+        }
+        if !accepted {
+            command.fail(AMQPError.closed)
+            return
+        }
+        if mustWake { wake() }
+    }
+
+    func wake() {
+        var byte: UInt8 = 1
+        _ = write(wakeWriteFD, &byte, 1)
+    }
+}
+
+/// The deliveries of one consumer, as an async sequence.
+public struct AMQPConsumer: AsyncSequence, Sendable {
+    public typealias Element = AMQPDelivery
+    let stream: AsyncStream<AMQPDelivery>
+
+    public func makeAsyncIterator() -> AsyncStream<AMQPDelivery>.AsyncIterator {
+        stream.makeAsyncIterator()
+    }
+}
+
+struct ExchangeSpec: Sendable, Hashable {
+    var name: String
+    var type: AMQPExchangeType
+    var durable: Bool
+    var autoDelete: Bool
+    var arguments: AMQPTable
+}
+
+struct QueueSpec: Sendable, Hashable {
+    var name: String
+    var durable: Bool
+    var exclusive: Bool
+    var autoDelete: Bool
+    var arguments: AMQPTable
+}
+
+struct BindingSpec: Sendable, Hashable {
+    var queue: String
+    var exchange: String
+    var routingKey: String
+    var arguments: AMQPTable
+}
+
+/// A consumer as the worker thread knows it. Its fields other than `channel` never change; `channel` is
+/// read and written on the worker thread only.
+final class ConsumerRecord: @unchecked Sendable {
+    let id: Int
+    let queue: String
+    let prefetch: UInt16
+    let autoAck: Bool
+    let continuation: AsyncStream<AMQPDelivery>.Continuation
+    var channel: UInt16 = 0
+
+    init(id: Int, queue: String, prefetch: UInt16, autoAck: Bool, continuation: AsyncStream<AMQPDelivery>.Continuation) {
+        self.id = id
+        self.queue = queue
+        self.prefetch = prefetch
+        self.autoAck = autoAck
+        self.continuation = continuation
+    }
+
+    var tag: String { "consumer-\(id)" }
+}
+
+enum AMQPCommand: Sendable {
+    case declareExchange(ExchangeSpec, CheckedContinuation<Void, any Error>)
+    case declareQueue(QueueSpec, CheckedContinuation<Void, any Error>)
+    case deleteQueue(String, CheckedContinuation<Void, any Error>)
+    case messageCount(String, CheckedContinuation<Int, any Error>)
+    case bind(BindingSpec, CheckedContinuation<Void, any Error>)
+    case unbind(BindingSpec, CheckedContinuation<Void, any Error>)
+    case publish([AMQPOutgoingMessage], CheckedContinuation<Void, any Error>)
+    case consume(ConsumerRecord)
+    case cancelConsumer(Int)
+    case ack(channel: UInt16, generation: UInt64, tag: UInt64, multiple: Bool)
+    case nack(channel: UInt16, generation: UInt64, tag: UInt64, requeue: Bool)
+
+    func fail(_ error: AMQPError) {
+        switch self {
+        case .declareExchange(_, let c), .declareQueue(_, let c), .deleteQueue(_, let c), .bind(_, let c),
+             .unbind(_, let c), .publish(_, let c):
+            c.resume(throwing: error)
+        case .messageCount(_, let c):
+            c.resume(throwing: error)
+        case .consume(let record):
+            record.continuation.finish()
+        case .cancelConsumer, .ack, .nack:
+            break
+        }
+    }
+}
