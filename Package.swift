@@ -49,9 +49,10 @@ let package = Package(
         .target(
             name: "ChannelLayer",
             dependencies: [
-                "AMQPClient",
+                "AMQPClient", "ChatProtocol",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Shared/ChannelLayer",
             swiftSettings: swiftSettings
@@ -63,6 +64,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Shared/ChatStorage",
             swiftSettings: swiftSettings
@@ -86,6 +88,7 @@ let package = Package(
                 "AMQPClient", "ChannelLayer", "ChatProtocol", "ServiceKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             path: "Services/Gateway/Sources/GatewayService",
             swiftSettings: swiftSettings
@@ -98,7 +101,7 @@ let package = Package(
         ),
         .target(
             name: "PersistenceService",
-            dependencies: ["AMQPClient", "ChatProtocol", "ChatStorage", "ServiceKit"],
+            dependencies: ["AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "ServiceKit"],
             path: "Services/Persistence/Sources/PersistenceService",
             swiftSettings: swiftSettings
         ),
@@ -110,7 +113,10 @@ let package = Package(
         ),
         .target(
             name: "RoomService",
-            dependencies: ["AMQPClient", "ChatProtocol", "ChatStorage", "ServiceKit"],
+            dependencies: [
+                "AMQPClient", "ChatProtocol", "ChatStorage", "ServiceKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
             path: "Services/Rooms/Sources/RoomService",
             swiftSettings: swiftSettings
         ),

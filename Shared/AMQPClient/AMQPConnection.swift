@@ -167,7 +167,7 @@ public final class AMQPConnection: Service, Sendable {
     /// deliveries. The consumer survives reconnects; ending the iteration cancels it.
     public func consume(queue: String, prefetch: UInt16 = 100, autoAck: Bool = false) -> AMQPConsumer {
         let id = nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let (stream, continuation) = AsyncStream<AMQPDelivery>.makeStream(bufferingPolicy: .unbounded)
+        let (stream, continuation) = AsyncStream<[AMQPDelivery]>.makeStream(bufferingPolicy: .unbounded)
         let record = ConsumerRecord(id: id, queue: queue, prefetch: prefetch, autoAck: autoAck, continuation: continuation)
         continuation.onTermination = { [weak self] _ in
             self?.enqueue(.cancelConsumer(id))
@@ -207,13 +207,33 @@ public final class AMQPConnection: Service, Sendable {
     }
 }
 
-/// The deliveries of one consumer, as an async sequence.
+/// The deliveries of one consumer, as an async sequence of single deliveries, or of the batches in which
+/// they were read off the socket (``batches``), which lets a consumer handle many in one go.
 public struct AMQPConsumer: AsyncSequence, Sendable {
     public typealias Element = AMQPDelivery
-    let stream: AsyncStream<AMQPDelivery>
+    let stream: AsyncStream<[AMQPDelivery]>
 
-    public func makeAsyncIterator() -> AsyncStream<AMQPDelivery>.AsyncIterator {
-        stream.makeAsyncIterator()
+    /// Deliveries in the batches the connection read them in (never empty).
+    public var batches: AsyncStream<[AMQPDelivery]> { stream }
+
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(batches: stream.makeAsyncIterator())
+    }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        var batches: AsyncStream<[AMQPDelivery]>.AsyncIterator
+        var current: [AMQPDelivery] = []
+        var index = 0
+
+        public mutating func next() async -> AMQPDelivery? {
+            while index >= current.count {
+                guard let batch = await batches.next() else { return nil }
+                current = batch
+                index = 0
+            }
+            defer { index += 1 }
+            return current[index]
+        }
     }
 }
 
@@ -247,10 +267,10 @@ final class ConsumerRecord: @unchecked Sendable {
     let queue: String
     let prefetch: UInt16
     let autoAck: Bool
-    let continuation: AsyncStream<AMQPDelivery>.Continuation
+    let continuation: AsyncStream<[AMQPDelivery]>.Continuation
     var channel: UInt16 = 0
 
-    init(id: Int, queue: String, prefetch: UInt16, autoAck: Bool, continuation: AsyncStream<AMQPDelivery>.Continuation) {
+    init(id: Int, queue: String, prefetch: UInt16, autoAck: Bool, continuation: AsyncStream<[AMQPDelivery]>.Continuation) {
         self.id = id
         self.queue = queue
         self.prefetch = prefetch

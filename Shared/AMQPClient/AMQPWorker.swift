@@ -48,6 +48,8 @@ final class AMQPWorker: @unchecked Sendable {
     private var lastFrameReceived = ContinuousClock.now
 
     private let allocator = ByteBufferAllocator()
+    /// Deliveries read in the current pass, handed to each consumer as one batch at its end.
+    private var readyDeliveries: [Int: [AMQPDelivery]] = [:]
 
     init(owner: AMQPConnection) {
         self.owner = owner
@@ -163,7 +165,22 @@ final class AMQPWorker: @unchecked Sendable {
         for spec in exchanges { try declare(spec) }
         for spec in queues { try declare(spec) }
         for spec in bindings { try bind(spec) }
-        for consumer in consumers.values.sorted(by: { $0.id < $1.id }) { try startConsumer(consumer) }
+        for consumer in consumers.values.sorted(by: { $0.id < $1.id }) { try startConsumerOrDrop(consumer) }
+    }
+
+    /// Starts a consumer; one the broker refuses (its queue is gone) ends its stream and is forgotten, so it
+    /// cannot fail every later connection too.
+    private func startConsumerOrDrop(_ record: ConsumerRecord) throws(Failure) {
+        do {
+            try startConsumer(record)
+        } catch {
+            if case .refused = error {
+                logger.error("consumer refused by the broker; ending it", metadata: ["amqp.queue": "\(record.queue)", "error": "\(error)"])
+                consumers[record.id] = nil
+                record.continuation.finish()
+            }
+            throw error
+        }
     }
 
     private func openChannel(_ channel: amqp_channel_t) throws(Failure) {
@@ -196,16 +213,14 @@ final class AMQPWorker: @unchecked Sendable {
 
     private func execute(_ command: AMQPCommand) throws(Failure) {
         switch command {
+        // Topology is recorded before it is declared: if the connection drops midway, the next connection
+        // declares it; only a refusal by the broker takes it back out.
         case .declareExchange(let spec, let c):
-            try answer(c) { () throws(Failure) in
-                try declare(spec)
-                if !exchanges.contains(where: { $0.name == spec.name }) { exchanges.append(spec) }
-            }
+            if !exchanges.contains(where: { $0.name == spec.name }) { exchanges.append(spec) }
+            try answer(c, undo: { exchanges.removeAll { $0 == spec } }) { () throws(Failure) in try declare(spec) }
         case .declareQueue(let spec, let c):
-            try answer(c) { () throws(Failure) in
-                try declare(spec)
-                if !queues.contains(where: { $0.name == spec.name }) { queues.append(spec) }
-            }
+            if !queues.contains(where: { $0.name == spec.name }) { queues.append(spec) }
+            try answer(c, undo: { queues.removeAll { $0 == spec } }) { () throws(Failure) in try declare(spec) }
         case .deleteQueue(let name, let c):
             try answer(c) { () throws(Failure) in
                 try withArena { arena throws(Failure) in
@@ -228,11 +243,10 @@ final class AMQPWorker: @unchecked Sendable {
                 throw error
             }
         case .bind(let spec, let c):
-            try answer(c) { () throws(Failure) in
-                try bind(spec)
-                if !bindings.contains(spec) { bindings.append(spec) }
-            }
+            if !bindings.contains(spec) { bindings.append(spec) }
+            try answer(c, undo: { bindings.removeAll { $0 == spec } }) { () throws(Failure) in try bind(spec) }
         case .unbind(let spec, let c):
+            bindings.removeAll { $0 == spec }
             try answer(c) { () throws(Failure) in
                 try withArena { arena throws(Failure) in
                     let args = arena.table(spec.arguments)
@@ -240,13 +254,12 @@ final class AMQPWorker: @unchecked Sendable {
                                       arena.bytes(spec.routingKey), args)
                     try check(amqp_get_rpc_reply(conn), "queue.unbind")
                 }
-                bindings.removeAll { $0 == spec }
             }
         case .publish(let messages, let c):
             try publish(messages, continuation: c)
         case .consume(let record):
             consumers[record.id] = record
-            try startConsumer(record)
+            try startConsumerOrDrop(record)
         case .cancelConsumer(let id):
             guard let record = consumers.removeValue(forKey: id) else { return }
             consumersByTag[record.tag] = nil
@@ -270,11 +283,12 @@ final class AMQPWorker: @unchecked Sendable {
 
     /// Runs `body`, answers the caller, and rethrows so that a failed operation resets the connection
     /// (the broker has closed the channel or the connection).
-    private func answer(_ c: CheckedContinuation<Void, any Error>, _ body: () throws(Failure) -> Void) throws(Failure) {
+    private func answer(_ c: CheckedContinuation<Void, any Error>, undo: () -> Void = {}, _ body: () throws(Failure) -> Void) throws(Failure) {
         do {
             try body()
             c.resume()
         } catch {
+            if case .refused = error { undo() }
             c.resume(throwing: error.asAMQPError)
             throw error
         }
@@ -389,6 +403,7 @@ final class AMQPWorker: @unchecked Sendable {
     // MARK: Reading frames
 
     private func readFrames(limit: Int) throws(Failure) {
+        defer { flushDeliveries() }
         var frame = amqp_frame_t()
         var zero = timeval(tv_sec: 0, tv_usec: 0)
         for _ in 0..<limit {
@@ -402,6 +417,14 @@ final class AMQPWorker: @unchecked Sendable {
             try handle(frame)
             amqp_maybe_release_buffers(conn)
         }
+    }
+
+    private func flushDeliveries() {
+        guard !readyDeliveries.isEmpty else { return }
+        for (id, batch) in readyDeliveries {
+            consumers[id]?.continuation.yield(batch)
+        }
+        readyDeliveries.removeAll(keepingCapacity: true)
     }
 
     private func handle(_ frame: amqp_frame_t) throws(Failure) {
@@ -421,7 +444,7 @@ final class AMQPWorker: @unchecked Sendable {
                 body: body, exchange: exchange, routingKey: routingKey, properties: properties,
                 redelivered: deliver.redelivered != 0, deliveryTag: deliver.delivery_tag, channel: frame.channel,
                 generation: generation, connection: owner)
-            record.continuation.yield(delivery)
+            readyDeliveries[record.id, default: []].append(delivery)
         case CHAT_BASIC_ACK:
             let ack = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
             confirm(tag: ack.delivery_tag, multiple: ack.multiple != 0, ok: true)

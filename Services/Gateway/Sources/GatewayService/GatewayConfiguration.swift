@@ -1,0 +1,59 @@
+import Foundation
+import ServiceKit
+
+/// Configuration of the gateway, read from the environment in one place (README.md lists them).
+public struct GatewayConfiguration: Sendable {
+    /// `CHAT_GATEWAY_HOST` / `CHAT_GATEWAY_PORT`: where HTTP and WebSockets are served (default 127.0.0.1:8000).
+    public var host: String
+    public var port: Int
+    /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
+    public var amqpURL: String
+    /// `CHAT_GATEWAY_ID`: names this process's queue (default: random).
+    public var gatewayID: String
+    /// `CHAT_MAX_FRAME_BYTES` (default 65536): a larger client message gets an error frame; one over four
+    /// times this (at least 1 MiB) closes the socket with 1009.
+    public var maxFrameBytes: Int
+    /// `CHAT_HISTORY_LIMIT` (default 50): messages a socket receives on join.
+    public var historyLimit: Int
+    /// `CHAT_REQUEST_TIMEOUT_MS` (default 5000): how long to wait for the room and persistence services.
+    public var requestTimeout: Duration
+    /// `CHAT_MAILBOX_CAPACITY` (default 1024): undelivered messages a socket may fall behind before it is
+    /// disconnected with 4008.
+    public var mailboxCapacity: Int
+    /// `CHAT_HEARTBEAT_SECONDS` (default 5): how often the gateway reports its members to the room service.
+    public var heartbeatInterval: Duration
+
+    public init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
+                gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
+                requestTimeout: Duration = .seconds(5), mailboxCapacity: Int = 1024, heartbeatInterval: Duration = .seconds(5)) {
+        self.host = host
+        self.port = port
+        self.amqpURL = amqpURL
+        self.gatewayID = gatewayID
+        self.maxFrameBytes = maxFrameBytes
+        self.historyLimit = historyLimit
+        self.requestTimeout = requestTimeout
+        self.mailboxCapacity = mailboxCapacity
+        self.heartbeatInterval = heartbeatInterval
+    }
+
+    public static func fromEnvironment(_ env: EnvironmentReader = .init()) -> Self {
+        Self(
+            host: env.string("CHAT_GATEWAY_HOST", default: "127.0.0.1"),
+            port: env.int("CHAT_GATEWAY_PORT", default: 8000),
+            amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            gatewayID: env.string("CHAT_GATEWAY_ID", default: randomID()),
+            maxFrameBytes: env.int("CHAT_MAX_FRAME_BYTES", default: 65536),
+            historyLimit: env.int("CHAT_HISTORY_LIMIT", default: 50),
+            requestTimeout: .milliseconds(env.int("CHAT_REQUEST_TIMEOUT_MS", default: 5000)),
+            mailboxCapacity: env.int("CHAT_MAILBOX_CAPACITY", default: 1024),
+            heartbeatInterval: .seconds(env.int("CHAT_HEARTBEAT_SECONDS", default: 5)))
+    }
+
+    public static func randomID() -> String {
+        String(UUID().uuidString.lowercased().prefix(8)) + "-\(ProcessInfo.processInfo.processIdentifier)"
+    }
+
+    /// Frames up to this size are read whole; larger ones close the socket (1009).
+    var hardFrameLimit: Int { max(maxFrameBytes * 4, 1 << 20) }
+}

@@ -1,0 +1,174 @@
+import AMQPClient
+import ChannelLayer
+import ChatProtocol
+import ChatStorage
+import Foundation
+import Logging
+import NIOCore
+import ServiceKit
+import ServiceLifecycle
+
+/// Configuration of the persistence service, read from the environment in one place.
+public struct PersistenceConfiguration: Sendable {
+    /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
+    public var amqpURL: String
+    /// `CHAT_DATABASE_URL`: `sqlite:PATH` (default `sqlite:.state/messages.sqlite`) or `postgres://…`.
+    public var databaseURL: String
+    /// `CHAT_HEALTH_HOST` / `CHAT_HEALTH_PORT` (default 127.0.0.1:8001): `/health`, `/health/ready`.
+    public var healthHost: String
+    public var healthPort: Int
+    /// `CHAT_PERSIST_PREFETCH` (default 1000): unacknowledged messages in flight, which bounds a batch.
+    public var prefetch: Int
+
+    public static func fromEnvironment(_ env: EnvironmentReader = .init()) -> Self {
+        Self(
+            amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            databaseURL: env.string("CHAT_DATABASE_URL", default: "sqlite:.state/messages.sqlite"),
+            healthHost: env.string("CHAT_HEALTH_HOST", default: "127.0.0.1"),
+            healthPort: env.int("CHAT_HEALTH_PORT", default: 8001),
+            prefetch: env.int("CHAT_PERSIST_PREFETCH", default: 1000))
+    }
+}
+
+/// Builds the persistence service: broker connection, database, the message writer, the history
+/// responder and the health server.
+public func buildApplication(_ configuration: PersistenceConfiguration, logger: Logger) async throws -> ServiceApplication {
+    let connection = AMQPConnection(
+        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "persistence"), logger: logger)
+    let database = try await openDatabase(url: configuration.databaseURL, logger: logger)
+    let store = MessageStore(database: database)
+    let writer = MessageWriter(connection: connection, store: store, prefetch: configuration.prefetch, logger: logger)
+    let history = HistoryResponder(connection: connection, store: store, logger: logger)
+    let health = makeHealthServer(service: "persistence", host: configuration.healthHost, port: configuration.healthPort,
+                                  connection: connection, logger: logger)
+    return ServiceApplication(services: [connection, database, writer, history, health], logger: logger)
+}
+
+/// Consumes `chat.persistence.messages`, stores each batch in one transaction, broadcasts the stored
+/// messages to their rooms' groups, and only then acknowledges the batch. A crash anywhere before the
+/// ack makes the broker redeliver; the store is idempotent on the message id and gateways drop a seq
+/// they have already delivered, so a redelivery neither duplicates a row nor a delivery.
+final class MessageWriter: Service {
+    let connection: AMQPConnection
+    let store: MessageStore
+    let prefetch: Int
+    let logger: Logger
+    let decoder = JSONDecoder()
+
+    init(connection: AMQPConnection, store: MessageStore, prefetch: Int, logger: Logger) {
+        self.connection = connection
+        self.store = store
+        self.prefetch = prefetch
+        var logger = logger
+        logger[metadataKey: "amqp.queue"] = .string(ChatTopology.inboundQueue)
+        self.logger = logger
+    }
+
+    func run() async throws {
+        try await store.migrate()
+        try await declareTopology(connection)
+        logger.info("persistence writer consuming")
+        let consumer = connection.consume(queue: ChatTopology.inboundQueue, prefetch: UInt16(clamping: prefetch))
+        for await batch in consumer.batches.cancelOnGracefulShutdown() {
+            await handle(batch)
+        }
+    }
+
+    func handle(_ batch: [AMQPDelivery]) async {
+        var messages: [InboundChatMessage] = []
+        var accepted: [AMQPDelivery] = []
+        for delivery in batch {
+            if let message = try? decoder.decode(InboundChatMessage.self, from: Data(buffer: delivery.body)) {
+                messages.append(message)
+                accepted.append(delivery)
+            } else {
+                logger.error("dropping an undecodable message", metadata: ["amqp.delivery_tag": "\(delivery.deliveryTag)"])
+                delivery.reject(requeue: false)
+            }
+        }
+        guard let last = accepted.last else { return }
+
+        var stored: [StoredChatMessage] = []
+        var delay: Duration = .milliseconds(100)
+        while true {
+            do {
+                stored = try await store.store(messages)
+                break
+            } catch {
+                logger.error("storing a batch failed, retrying", metadata: ["error": "\(error)", "batch.size": "\(messages.count)"])
+                if Task.isCancelled { return }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+
+        let broadcasts = stored.map { message in
+            AMQPChannelLayer.groupMessage(message.group, ChannelMessage(body: ByteBuffer(string: message.clientFrame), seq: message.seq))
+        }
+        do {
+            try await connection.publish(broadcasts)
+        } catch {
+            // Not acknowledged: the broker redelivers the batch, which is stored already and is broadcast again.
+            logger.warning("broadcast not confirmed; the batch will be redelivered", metadata: ["error": "\(error)"])
+            return
+        }
+        last.ack(multiple: true)
+        logger.trace("stored and broadcast", metadata: ["batch.size": "\(stored.count)"])
+    }
+}
+
+/// Declares what the persistence service consumes: the inbound exchange and its durable queue
+/// (single active consumer: several instances fail over without reordering a room), and the groups exchange.
+func declareTopology(_ connection: AMQPConnection) async throws {
+    try await connection.declareExchange(ChatTopology.inboundExchange, type: .direct, durable: true)
+    try await connection.declareQueue(ChatTopology.inboundQueue, durable: true,
+                                      arguments: ["x-single-active-consumer": .bool(true)])
+    try await connection.bindQueue(ChatTopology.inboundQueue, exchange: ChatTopology.inboundExchange,
+                                   routingKey: ChatTopology.inboundRoutingKey)
+    try await connection.declareExchange(ChatTopology.groupsExchange, type: .direct, durable: true)
+    try await connection.declareQueue(ChatTopology.historyQueue, durable: true)
+}
+
+/// Answers history requests: the last N messages of a room (before a seq), as the frames sockets receive.
+final class HistoryResponder: Service {
+    let connection: AMQPConnection
+    let store: MessageStore
+    let logger: Logger
+    static let maxLimit = 200
+
+    init(connection: AMQPConnection, store: MessageStore, logger: Logger) {
+        self.connection = connection
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "amqp.queue"] = .string(ChatTopology.historyQueue)
+        self.logger = logger
+    }
+
+    func run() async throws {
+        try await declareTopology(connection)
+        let consumer = connection.consume(queue: ChatTopology.historyQueue, prefetch: 64)
+        for await delivery in consumer.cancelOnGracefulShutdown() {
+            await answer(delivery)
+        }
+    }
+
+    func answer(_ delivery: AMQPDelivery) async {
+        defer { delivery.ack() }
+        guard let request = try? JSONDecoder().decode(HistoryRequest.self, from: Data(buffer: delivery.body)) else {
+            logger.warning("malformed history request")
+            return
+        }
+        do {
+            let limit = max(0, min(request.limit, Self.maxLimit))
+            let messages = limit == 0 ? [] : try await store.history(group: request.group, beforeSeq: request.beforeSeq, limit: limit)
+            let body = messages.map(\.clientFrame).joined(separator: "\n")
+            var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count))]
+            if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
+            if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) {
+                try await connection.publish(reply)
+            }
+        } catch {
+            logger.error("history request failed", metadata: ["error": "\(error)", "chat.room": "\(request.group)"])
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import AMQPClient
+import ChatProtocol
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// The channel layer on RabbitMQ (docs/amqp-topology.md):
+/// - each process has one exclusive queue, `chat.gateway.<id>`, which is also its channels' address;
+/// - a group is a routing key on the direct exchange `chat.groups`; the process binds its queue to the
+///   group's key when the group gets its first local member and unbinds when it loses its last;
+/// - `groupSend` publishes to `chat.groups` with the full group name in the `x-group` header;
+/// - `send` to `<process>!<n>` publishes to the default exchange with routing key `<process>` and the
+///   local channel in the `x-channel` header.
+/// Replies to requests (messages with a correlation id) go to the ``AMQPRequester``.
+public final class AMQPChannelLayer: ChannelLayer, Service {
+    public let connection: AMQPConnection
+    public let registry: GroupRegistry
+    public let requester: AMQPRequester
+    public var queueName: String { registry.processName }
+    let logger: Logger
+
+    public init(connection: AMQPConnection, processID: String, mailboxCapacity: Int = 1024, logger: Logger) {
+        self.connection = connection
+        let queue = ChatTopology.gatewayQueue(processID)
+        self.registry = GroupRegistry(processName: queue, mailboxCapacity: mailboxCapacity)
+        self.requester = AMQPRequester(connection: connection, replyQueue: queue)
+        var logger = logger
+        logger[metadataKey: "amqp.queue"] = .string(queue)
+        self.logger = logger
+    }
+
+    /// Declares the groups exchange and this process's queue.
+    public func declareTopology() async throws {
+        try await connection.declareExchange(ChatTopology.groupsExchange, type: .direct, durable: true)
+        try await connection.declareQueue(queueName, durable: false, exclusive: true, autoDelete: true)
+    }
+
+    public func run() async throws {
+        try await declareTopology()
+        let consumer = connection.consume(queue: queueName, prefetch: 2000, autoAck: true)
+        for await batch in consumer.batches.cancelOnGracefulShutdown() {
+            for delivery in batch { route(delivery) }
+        }
+    }
+
+    func route(_ delivery: AMQPDelivery) {
+        if delivery.properties.correlationID != nil {
+            requester.handleReply(delivery)
+            return
+        }
+        let headers = delivery.properties.headers
+        if let group = headers[ChatTopology.groupHeader]?.stringValue {
+            let message = ChannelMessage(body: delivery.body, group: group, seq: headers[ChatTopology.seqHeader]?.intValue)
+            registry.dispatch(message, to: group)
+        } else if let local = headers[ChatTopology.channelHeader]?.intValue {
+            _ = registry.deliver(ChannelMessage(body: delivery.body), toLocalID: Int(local))
+        } else {
+            logger.debug("dropping a message with neither group nor channel", metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
+        }
+    }
+
+    public func newChannel() -> LocalChannel { registry.newChannel() }
+
+    public func groupAdd(_ group: String, channel: LocalChannel) async throws {
+        let connection = self.connection, queue = queueName, key = RoomName.groupKey(for: group)
+        try await registry.add(group, channel) {
+            try await connection.bindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
+        }
+    }
+
+    public func groupDiscard(_ group: String, channel: LocalChannel) async throws {
+        let connection = self.connection, queue = queueName, key = RoomName.groupKey(for: group)
+        try await registry.remove(group, channel) {
+            try await connection.unbindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
+        }
+    }
+
+    public func groupSend(_ group: String, message: ChannelMessage) async throws {
+        try await connection.publish(Self.groupMessage(group, message))
+    }
+
+    /// The AMQP message `groupSend` publishes; the persistence service publishes the same for broadcasts.
+    public static func groupMessage(_ group: String, _ message: ChannelMessage) -> AMQPOutgoingMessage {
+        var headers: AMQPTable = [ChatTopology.groupHeader: .string(group)]
+        if let seq = message.seq { headers[ChatTopology.seqHeader] = .int(seq) }
+        return AMQPOutgoingMessage(
+            exchange: ChatTopology.groupsExchange, routingKey: RoomName.groupKey(for: group), body: message.body,
+            properties: AMQPProperties(headers: headers))
+    }
+
+    public func send(toChannel name: String, message: ChannelMessage) async throws {
+        guard let process = ChannelNames.process(of: name), let id = ChannelNames.localID(of: name, inProcess: process) else {
+            throw ChatError.invalidFrame("not a channel name: \(name)")
+        }
+        try await connection.publish(AMQPOutgoingMessage(
+            exchange: "", routingKey: process, body: message.body,
+            properties: AMQPProperties(headers: [ChatTopology.channelHeader: .int(Int64(id))]), mandatory: true))
+    }
+}

@@ -1,0 +1,215 @@
+import NIOCore
+import Synchronization
+
+/// A message on the channel layer: an already-encoded frame and, for room broadcasts, its sequence number.
+public struct ChannelMessage: Sendable {
+    public var body: ByteBuffer
+    public var group: String?
+    public var seq: Int64?
+
+    public init(body: ByteBuffer, group: String? = nil, seq: Int64? = nil) {
+        self.body = body
+        self.group = group
+        self.seq = seq
+    }
+}
+
+/// Django Channels' channel layer: named channels (mailboxes) and groups of channels.
+///
+/// `groupAdd` returns once messages sent to the group afterwards reach the channel (for AMQP: the
+/// binding is confirmed by the broker), which is what lets a joining socket read history without a gap.
+public protocol ChannelLayer: Sendable {
+    /// A new process-local channel with a unique name.
+    func newChannel() -> LocalChannel
+    func groupAdd(_ group: String, channel: LocalChannel) async throws
+    func groupDiscard(_ group: String, channel: LocalChannel) async throws
+    func groupSend(_ group: String, message: ChannelMessage) async throws
+    /// Sends to one channel by name, wherever its process is.
+    func send(toChannel name: String, message: ChannelMessage) async throws
+}
+
+/// A channel's mailbox. It holds at most `capacity` undelivered messages: a reader that falls that far
+/// behind is marked ``overflowed`` (and the gateway disconnects it) rather than growing without bound.
+public final class LocalChannel: Sendable, Hashable {
+    public let name: String
+    public let localID: Int
+    public let messages: AsyncStream<ChannelMessage>
+    let continuation: AsyncStream<ChannelMessage>.Continuation
+    private let overflowFlag = Atomic<Bool>(false)
+
+    init(processName: String, localID: Int, capacity: Int) {
+        self.localID = localID
+        self.name = "\(processName)!\(localID)"
+        (messages, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingOldest(capacity))
+    }
+
+    /// Whether a message was dropped because the reader fell behind.
+    public var overflowed: Bool { overflowFlag.load(ordering: .relaxed) }
+
+    func deliver(_ message: ChannelMessage) {
+        if case .dropped = continuation.yield(message) {
+            overflowFlag.store(true, ordering: .relaxed)
+            continuation.finish()
+        }
+    }
+
+    /// Ends the mailbox (the socket closed).
+    public func close() { continuation.finish() }
+
+    public static func == (lhs: LocalChannel, rhs: LocalChannel) -> Bool { lhs === rhs }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+}
+
+/// The groups of one process: which local channels are in which group. Reference-counted so that a group
+/// with 1,000 local members costs one binding: `onFirstMember` / `onLastMember` run only on 0↔1 changes,
+/// chained per group so that a bind and an unbind of the same group never overtake each other.
+public final class GroupRegistry: Sendable {
+    struct State {
+        var members: [String: [Int: LocalChannel]] = [:]
+        var channels: [Int: LocalChannel] = [:]
+        var lastOperation: [String: Task<Void, any Error>] = [:]
+        var nextID = 1
+    }
+    private let state = Mutex(State())
+    public let processName: String
+    let capacity: Int
+
+    public init(processName: String, mailboxCapacity: Int) {
+        self.processName = processName
+        self.capacity = mailboxCapacity
+    }
+
+    public func newChannel() -> LocalChannel {
+        state.withLock { state in
+            let channel = LocalChannel(processName: processName, localID: state.nextID, capacity: capacity)
+            state.nextID += 1
+            state.channels[channel.localID] = channel
+            return channel
+        }
+    }
+
+    public func forget(_ channel: LocalChannel) {
+        state.withLock { state in _ = state.channels.removeValue(forKey: channel.localID) }
+    }
+
+    func channel(localID: Int) -> LocalChannel? {
+        state.withLock { $0.channels[localID] }
+    }
+
+    /// Adds a member; when it is the group's first, runs `onFirstMember` after the group's previous operation.
+    /// Returns once the group's latest operation is done.
+    public func add(_ group: String, _ channel: LocalChannel, onFirstMember: @escaping @Sendable () async throws -> Void) async throws {
+        let operation = state.withLock { state -> Task<Void, any Error>? in
+            var members = state.members[group, default: [:]]
+            let wasEmpty = members.isEmpty
+            members[channel.localID] = channel
+            state.members[group] = members
+            if wasEmpty {
+                let previous = state.lastOperation[group]
+                let task = Task {
+                    _ = await previous?.result
+                    try await onFirstMember()
+                }
+                state.lastOperation[group] = task
+                return task
+            }
+            return state.lastOperation[group]
+        }
+        do {
+            try await operation?.value
+        } catch {
+            // The group could not be joined: take the member back out so the counts stay true.
+            _ = try? await remove(group, channel, onLastMember: {})
+            throw error
+        }
+    }
+
+    /// Removes a member; when it was the last, runs `onLastMember` after the group's previous operation.
+    public func remove(_ group: String, _ channel: LocalChannel, onLastMember: @escaping @Sendable () async throws -> Void) async throws {
+        let operation = state.withLock { state -> Task<Void, any Error>? in
+            guard var members = state.members[group], members.removeValue(forKey: channel.localID) != nil else { return nil }
+            if !members.isEmpty {
+                state.members[group] = members
+                return nil
+            }
+            state.members[group] = nil
+            let previous = state.lastOperation[group]
+            let task = Task {
+                _ = await previous?.result
+                try await onLastMember()
+            }
+            state.lastOperation[group] = task
+            return task
+        }
+        try await operation?.value
+        state.withLock { state in
+            if state.members[group] == nil, let last = state.lastOperation[group], last == operation { state.lastOperation[group] = nil }
+        }
+    }
+
+    /// Delivers to every local member of `group`; returns how many received it.
+    @discardableResult
+    public func dispatch(_ message: ChannelMessage, to group: String) -> Int {
+        guard let members = state.withLock({ $0.members[group] }) else { return 0 }
+        for channel in members.values { channel.deliver(message) }
+        return members.count
+    }
+
+    public func deliver(_ message: ChannelMessage, toLocalID id: Int) -> Bool {
+        guard let channel = channel(localID: id) else { return false }
+        channel.deliver(message)
+        return true
+    }
+
+    /// Members per group, for heartbeats to the room service.
+    public func memberCounts() -> [String: Int] {
+        state.withLock { state in state.members.mapValues(\.count) }
+    }
+
+    public func memberCount(_ group: String) -> Int {
+        state.withLock { $0.members[group]?.count ?? 0 }
+    }
+}
+
+/// A channel layer inside one process: for unit tests of pure logic, never as proof the system works.
+public final class InMemoryChannelLayer: ChannelLayer {
+    public let registry: GroupRegistry
+
+    public init(processName: String = "memory", mailboxCapacity: Int = 1024) {
+        registry = GroupRegistry(processName: processName, mailboxCapacity: mailboxCapacity)
+    }
+
+    public func newChannel() -> LocalChannel { registry.newChannel() }
+
+    public func groupAdd(_ group: String, channel: LocalChannel) async throws {
+        try await registry.add(group, channel, onFirstMember: {})
+    }
+
+    public func groupDiscard(_ group: String, channel: LocalChannel) async throws {
+        try await registry.remove(group, channel, onLastMember: {})
+    }
+
+    public func groupSend(_ group: String, message: ChannelMessage) async throws {
+        var message = message
+        message.group = group
+        registry.dispatch(message, to: group)
+    }
+
+    public func send(toChannel name: String, message: ChannelMessage) async throws {
+        guard let id = ChannelNames.localID(of: name, inProcess: registry.processName) else { return }
+        _ = registry.deliver(message, toLocalID: id)
+    }
+}
+
+public enum ChannelNames {
+    /// `gateway-abc!42` → 42 when the process is `gateway-abc`.
+    public static func localID(of name: String, inProcess process: String) -> Int? {
+        guard let bang = name.lastIndex(of: "!"), name[..<bang] == process else { return nil }
+        return Int(name[name.index(after: bang)...])
+    }
+
+    public static func process(of name: String) -> String? {
+        guard let bang = name.lastIndex(of: "!") else { return nil }
+        return String(name[..<bang])
+    }
+}

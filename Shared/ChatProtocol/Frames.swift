@@ -1,0 +1,115 @@
+import Foundation
+
+/// What a browser sends on `/ws/chat/<room>/`: `{"message": "<text>"}`.
+public enum ClientFrame {
+    /// Parses a client frame; every way it can be wrong has its own error text.
+    public static func parseChatMessage(_ bytes: some Collection<UInt8>) throws(ChatError) -> String {
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: Data(bytes), options: [])
+        } catch {
+            throw .invalidFrame("frame is not valid JSON")
+        }
+        guard let dictionary = object as? [String: Any] else {
+            throw .invalidFrame("frame must be a JSON object")
+        }
+        guard let value = dictionary["message"] else {
+            throw .invalidFrame("missing field 'message'")
+        }
+        guard let text = value as? String, !(value is NSNumber) else {
+            throw .invalidFrame("'message' must be a string")
+        }
+        guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            throw .invalidFrame("'message' must not be empty")
+        }
+        return text
+    }
+
+    public static func error(_ text: String) -> String {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("error", text)
+        writer.endObject()
+        return writer.output
+    }
+}
+
+/// A message as the gateway hands it to the persistence service (AMQP, `chat.inbound`).
+public struct InboundChatMessage: Codable, Sendable, Equatable {
+    /// Server-assigned id; a redelivery carries the same id, which makes the store idempotent.
+    public var id: String
+    /// The group the message belongs to, e.g. `named:lobby`.
+    public var group: String
+    public var sender: String?
+    public var text: String
+    /// When the gateway received it, in milliseconds since 1970.
+    public var receivedAt: Int64
+
+    public init(id: String, group: String, sender: String?, text: String, receivedAt: Int64) {
+        self.id = id
+        self.group = group
+        self.sender = sender
+        self.text = text
+        self.receivedAt = receivedAt
+    }
+}
+
+/// A stored message: what every member of its room receives, live or as history.
+public struct StoredChatMessage: Codable, Sendable, Equatable {
+    public var id: String
+    public var group: String
+    public var seq: Int64
+    public var sender: String?
+    public var text: String
+    public var createdAt: Int64
+
+    public init(id: String, group: String, seq: Int64, sender: String?, text: String, createdAt: Int64) {
+        self.id = id
+        self.group = group
+        self.seq = seq
+        self.sender = sender
+        self.text = text
+        self.createdAt = createdAt
+    }
+
+    /// The frame sockets receive: `{"message", "id", "seq", "room", "time", "sender_email"?}`.
+    public var clientFrame: String {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("message", text)
+        writer.field("id", id)
+        writer.field("seq", seq)
+        writer.field("room", GroupName.displayName(of: group))
+        writer.field("time", Timestamp.iso8601(millis: createdAt))
+        writer.field("sender_email", sender)
+        writer.endObject()
+        return writer.output
+    }
+}
+
+public enum GroupName {
+    /// `named:lobby` → `lobby`.
+    public static func displayName(of group: String) -> String {
+        if let colon = group.firstIndex(of: ":") { return String(group[group.index(after: colon)...]) }
+        return group
+    }
+}
+
+public enum Timestamp {
+    public static func nowMillis() -> Int64 {
+        Int64((Date().timeIntervalSince1970 * 1000).rounded())
+    }
+
+    /// `2026-11-22T08:30:00.123Z`
+    public static func iso8601(millis: Int64) -> String {
+        var seconds = time_t(millis / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ v: Int32, _ width: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, width - s.count)) + s
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis % 1000), 3))Z"
+    }
+}

@@ -1,0 +1,69 @@
+/// A validated name of a named (tutorial) room.
+///
+/// Rules (documented in docs/protocol.md): 1 to 100 characters; each is a Unicode letter, mark or digit,
+/// or one of `-`, `_`, `.`. So `lobby`, `상담실` and `café-2` are rooms; `</script>`, `a b` and `';x;'` are not.
+public struct RoomName: Hashable, Sendable, CustomStringConvertible {
+    public static let maxCharacters = 100
+    public let value: String
+
+    public init(validating raw: String) throws(ChatError) {
+        guard !raw.isEmpty else { throw .invalidRoomName("room name must not be empty") }
+        guard raw.count <= Self.maxCharacters, raw.unicodeScalars.count <= Self.maxCharacters * 4 else {
+            throw .invalidRoomName("room name must be at most \(Self.maxCharacters) characters")
+        }
+        for scalar in raw.unicodeScalars where !Self.isAllowed(scalar) {
+            throw .invalidRoomName("room name may contain only letters, digits, '-', '_' and '.'")
+        }
+        self.value = raw
+    }
+
+    static func isAllowed(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar {
+        case "-", "_", ".": return true
+        default: break
+        }
+        switch scalar.properties.generalCategory {
+        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter,
+             .nonspacingMark, .spacingMark, .enclosingMark,
+             .decimalNumber, .letterNumber, .otherNumber:
+            return true
+        default:
+            return false
+        }
+    }
+
+    public var description: String { value }
+
+    /// The AMQP routing key of this room's group on the `chat.groups` exchange. Routing keys are at most 255
+    /// bytes, and 100 characters of Hangul take 300, so long names are hashed; receivers dispatch on the
+    /// `x-room` header, never on the key, so a hash collision costs bandwidth, not correctness.
+    public var groupKey: String { Self.groupKey(for: "named:" + value) }
+
+    public static func groupKey(for group: String) -> String {
+        let utf8 = group.utf8
+        if utf8.count <= 200 { return group }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        return "h:" + String(hash, radix: 16) + ":\(utf8.count)"
+    }
+}
+
+/// Errors a client can cause; each becomes an `{"error": ...}` frame or an HTTP error.
+public enum ChatError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidRoomName(String)
+    case invalidFrame(String)
+    case frameTooLarge(limit: Int)
+    case unavailable(String)
+
+    public var description: String {
+        switch self {
+        case .invalidRoomName(let reason): reason
+        case .invalidFrame(let reason): reason
+        case .frameTooLarge(let limit): "frame is larger than the limit of \(limit) bytes"
+        case .unavailable(let reason): reason
+        }
+    }
+}

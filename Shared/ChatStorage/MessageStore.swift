@@ -1,0 +1,105 @@
+import ChatProtocol
+
+/// Where the persistence service keeps messages: table `chat_messages`, one row per message,
+/// unique on `id` (idempotent writes) and on `(grp, seq)` (per-room order).
+public final class MessageStore: Sendable {
+    public let database: any SQLDatabase
+
+    public init(database: any SQLDatabase) {
+        self.database = database
+    }
+
+    /// Creates or migrates the schema (versioned in `chat_schema`, one row per applied step).
+    public func migrate() async throws {
+        try await Migrations.apply(component: "messages", steps: [
+            """
+            CREATE TABLE IF NOT EXISTS chat_messages (
+                id TEXT PRIMARY KEY,
+                grp TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                sender TEXT,
+                body TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                UNIQUE (grp, seq)
+            )
+            """,
+        ], on: database)
+    }
+
+    /// Stores a batch in one transaction and returns every message as stored, in the batch's order.
+    /// A message whose id is already stored (a redelivery) is not written again: its stored row is returned.
+    public func store(_ batch: [InboundChatMessage]) async throws -> [StoredChatMessage] {
+        if batch.isEmpty { return [] }
+        return try await database.transaction { tx in
+            var stored: [String: StoredChatMessage] = [:]
+            // Existing rows (redeliveries), in chunks to stay under every bind-parameter limit.
+            let ids = Array(Set(batch.map(\.id)))
+            for chunk in stride(from: 0, to: ids.count, by: 500).map({ Array(ids[$0..<min($0 + 500, ids.count)]) }) {
+                let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
+                let rows = try await tx.query(
+                    "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE id IN (\(marks))",
+                    chunk.map { .text($0) })
+                for row in rows { let m = Self.message(row); stored[m.id] = m }
+            }
+            // Next seq per room.
+            var nextSeq: [String: Int64] = [:]
+            for group in Set(batch.filter { stored[$0.id] == nil }.map(\.group)) {
+                let rows = try await tx.query("SELECT COALESCE(MAX(seq), 0) FROM chat_messages WHERE grp = ?", [.text(group)])
+                nextSeq[group] = (rows.first?.first?.int ?? 0) + 1
+            }
+            var inserts: [StoredChatMessage] = []
+            for message in batch where stored[message.id] == nil {
+                let seq = nextSeq[message.group]!
+                nextSeq[message.group] = seq + 1
+                let row = StoredChatMessage(id: message.id, group: message.group, seq: seq, sender: message.sender,
+                                            text: message.text, createdAt: message.receivedAt)
+                stored[message.id] = row
+                inserts.append(row)
+            }
+            for chunk in stride(from: 0, to: inserts.count, by: 200).map({ Array(inserts[$0..<min($0 + 200, inserts.count)]) }) {
+                let values = Array(repeating: "(?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+                var binds: [SQLValue] = []
+                binds.reserveCapacity(chunk.count * 6)
+                for m in chunk {
+                    binds += [.text(m.id), .text(m.group), .int(m.seq), m.sender.map { .text($0) } ?? .null, .text(m.text), .int(m.createdAt)]
+                }
+                _ = try await tx.query("INSERT INTO chat_messages (id, grp, seq, sender, body, created_at) VALUES \(values)", binds)
+            }
+            return batch.map { stored[$0.id]! }
+        }
+    }
+
+    /// The last `limit` messages of a room before `beforeSeq` (all when nil), oldest first.
+    public func history(group: String, beforeSeq: Int64? = nil, limit: Int) async throws -> [StoredChatMessage] {
+        let rows = try await database.query(
+            "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE grp = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            [.text(group), .int(beforeSeq ?? Int64.max), .int(Int64(limit))])
+        return rows.map(Self.message).reversed()
+    }
+
+    public func count(group: String) async throws -> Int {
+        let rows = try await database.query("SELECT COUNT(*) FROM chat_messages WHERE grp = ?", [.text(group)])
+        return Int(rows.first?.first?.int ?? 0)
+    }
+
+    static func message(_ row: [SQLValue]) -> StoredChatMessage {
+        StoredChatMessage(id: row[0].string ?? "", group: row[1].string ?? "", seq: row[2].int ?? 0, sender: row[3].string,
+                          text: row[4].string ?? "", createdAt: row[5].int ?? 0)
+    }
+}
+
+/// Applies numbered schema steps once each, recording them in `chat_schema`.
+public enum Migrations {
+    public static func apply(component: String, steps: [String], on database: any SQLDatabase) async throws {
+        _ = try await database.transaction { tx in
+            _ = try await tx.query("CREATE TABLE IF NOT EXISTS chat_schema (component TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (component, version))", [])
+            let applied = try await tx.query("SELECT version FROM chat_schema WHERE component = ?", [.text(component)])
+            let done = Set(applied.compactMap { $0.first?.int })
+            for (index, step) in steps.enumerated() where !done.contains(Int64(index + 1)) {
+                _ = try await tx.query(step, [])
+                _ = try await tx.query("INSERT INTO chat_schema (component, version) VALUES (?, ?)", [.text(component), .int(Int64(index + 1))])
+            }
+            return true
+        }
+    }
+}

@@ -1,0 +1,255 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import SQLiteNIO
+import ServiceLifecycle
+
+/// A value bound to or read from SQL.
+public enum SQLValue: Sendable, Equatable {
+    case text(String)
+    case int(Int64)
+    case null
+
+    public var string: String? { if case .text(let s) = self { s } else { nil } }
+    public var int: Int64? { if case .int(let i) = self { i } else { nil } }
+}
+
+public enum SQLDialect: Sendable { case sqlite, postgres }
+
+/// The little SQL the stores need, over SQLite (embedded, the default) or PostgreSQL. Statements are
+/// written with `?` placeholders; the PostgreSQL backend numbers them.
+public protocol SQLDatabase: Service {
+    var dialect: SQLDialect { get }
+    func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]]
+    /// Runs `body` in one transaction; statements inside go through the `SQLTransaction` it gets.
+    func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T
+}
+
+public protocol SQLTransaction: Sendable {
+    func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]]
+}
+
+public enum DatabaseConfigurationError: Error, CustomStringConvertible {
+    case unsupportedURL(String)
+    public var description: String {
+        switch self {
+        case .unsupportedURL(let url): "unsupported database URL '\(url)': use sqlite:PATH or postgres://user:pass@host:port/db"
+        }
+    }
+}
+
+/// Opens the database a URL names: `sqlite:PATH` (or `sqlite::memory:`) or `postgres://user:pass@host:port/db`.
+public func openDatabase(url: String, logger: Logger) async throws -> any SQLDatabase {
+    if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
+        return try PostgresDatabase(url: url, logger: logger)
+    }
+    if url.hasPrefix("sqlite:") {
+        var path = String(url.dropFirst("sqlite:".count))
+        if path.hasPrefix("//") { path = String(path.dropFirst(2)) }
+        return try await SQLiteDatabase.open(path: path, logger: logger)
+    }
+    throw DatabaseConfigurationError.unsupportedURL(url)
+}
+
+// MARK: SQLite
+
+/// Embedded SQLite in WAL mode: one connection writes (transactions are serialized by an async lock),
+/// another reads, so history reads never see a write transaction half done.
+public final class SQLiteDatabase: SQLDatabase {
+    public let dialect = SQLDialect.sqlite
+    let writer: SQLiteConnection
+    let reader: SQLiteConnection
+    let writeLock = AsyncLock()
+
+    init(writer: SQLiteConnection, reader: SQLiteConnection) {
+        self.writer = writer
+        self.reader = reader
+    }
+
+    public static func open(path: String, logger: Logger) async throws -> SQLiteDatabase {
+        if path == ":memory:" {
+            let connection = try await SQLiteConnection.open(storage: .memory, logger: logger)
+            return SQLiteDatabase(writer: connection, reader: connection)
+        }
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        let writer = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+        _ = try await Self.run(writer, "PRAGMA journal_mode=WAL", [])
+        _ = try await Self.run(writer, "PRAGMA synchronous=NORMAL", [])
+        _ = try await Self.run(writer, "PRAGMA busy_timeout=5000", [])
+        let reader = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+        _ = try await Self.run(reader, "PRAGMA busy_timeout=5000", [])
+        return SQLiteDatabase(writer: writer, reader: reader)
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        try await close()
+    }
+
+    public func close() async throws {
+        try await writer.close()
+        if reader !== writer { try await reader.close() }
+    }
+
+    public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+        try await Self.run(reader, sql, binds)
+    }
+
+    public func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {
+        try await writeLock.withLock {
+            _ = try await Self.run(writer, "BEGIN IMMEDIATE", [])
+            do {
+                let result = try await body(SQLiteTransaction(connection: writer))
+                _ = try await Self.run(writer, "COMMIT", [])
+                return result
+            } catch {
+                _ = try? await Self.run(writer, "ROLLBACK", [])
+                throw error
+            }
+        }
+    }
+
+    struct SQLiteTransaction: SQLTransaction {
+        let connection: SQLiteConnection
+        func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+            try await SQLiteDatabase.run(connection, sql, binds)
+        }
+    }
+
+    static func run(_ connection: SQLiteConnection, _ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+        let data: [SQLiteData] = binds.map {
+            switch $0 {
+            case .text(let s): .text(s)
+            case .int(let i): .integer(Int(i))
+            case .null: .null
+            }
+        }
+        let rows = RowCollector()
+        try await connection.query(sql, data) { row in
+            rows.append(row.columns.map { column -> SQLValue in
+                switch column.data {
+                case .integer(let i): .int(Int64(i))
+                case .float(let d): .int(Int64(d))
+                case .text(let s): .text(s)
+                case .blob(let b): .text(String(buffer: b))
+                case .null: .null
+                }
+            })
+        }
+        return rows.rows
+    }
+}
+
+/// Collects rows from sqlite-nio's row callback (called on its thread pool, one row after another).
+final class RowCollector: @unchecked Sendable {
+    // Safety: sqlite-nio calls the row callback sequentially and `rows` is read only after the query returns.
+    var rows: [[SQLValue]] = []
+    func append(_ row: [SQLValue]) { rows.append(row) }
+}
+
+/// A FIFO async mutex for the SQLite writer.
+actor AsyncLock {
+    private var locked = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func withLock<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        if locked {
+            await withCheckedContinuation { waiters.append($0) }
+        }
+        locked = true
+        defer {
+            if waiters.isEmpty { locked = false } else { waiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+}
+
+// MARK: PostgreSQL
+
+/// PostgreSQL through postgres-nio's pooled client. `run()` runs the pool (it is a Service).
+public final class PostgresDatabase: SQLDatabase {
+    public let dialect = SQLDialect.postgres
+    let client: PostgresClient
+    let logger: Logger
+
+    public init(url: String, logger: Logger) throws {
+        guard let components = URLComponents(string: url), let host = components.host else {
+            throw DatabaseConfigurationError.unsupportedURL(url)
+        }
+        var configuration = PostgresClient.Configuration(
+            host: host, port: components.port ?? 5432,
+            username: components.user ?? "postgres", password: components.password,
+            database: components.path.isEmpty ? nil : String(components.path.dropFirst()),
+            tls: .disable)
+        configuration.options.maximumConnections = 8
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        await client.run()
+    }
+
+    public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+        try await Self.collect(client.query(Self.postgresQuery(sql, binds), logger: logger))
+    }
+
+    public func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {
+        try await client.withTransaction(logger: logger) { connection in
+            try await body(PostgresTransaction(connection: connection, logger: logger))
+        }
+    }
+
+    struct PostgresTransaction: SQLTransaction {
+        let connection: PostgresConnection
+        let logger: Logger
+        func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+            try await PostgresDatabase.collect(connection.query(PostgresDatabase.postgresQuery(sql, binds), logger: logger))
+        }
+    }
+
+    static func postgresQuery(_ sql: String, _ binds: [SQLValue]) -> PostgresQuery {
+        var numbered = ""
+        numbered.reserveCapacity(sql.utf8.count + binds.count * 2)
+        var index = 0
+        for character in sql {
+            if character == "?" {
+                index += 1
+                numbered += "$\(index)"
+            } else {
+                numbered.append(character)
+            }
+        }
+        var bindings = PostgresBindings(capacity: binds.count)
+        for bind in binds {
+            switch bind {
+            case .text(let s): bindings.append(s)
+            case .int(let i): bindings.append(i)
+            case .null: bindings.appendNull()
+            }
+        }
+        return PostgresQuery(unsafeSQL: numbered, binds: bindings)
+    }
+
+    static func collect(_ sequence: PostgresRowSequence) async throws -> [[SQLValue]] {
+        var rows: [[SQLValue]] = []
+        for try await row in sequence {
+            var values: [SQLValue] = []
+            for cell in row {
+                if cell.bytes == nil {
+                    values.append(.null)
+                    continue
+                }
+                switch cell.dataType {
+                case .int2, .int4, .int8: values.append(.int(try cell.decode(Int64.self)))
+                case .bool: values.append(.int(try cell.decode(Bool.self) ? 1 : 0))
+                default: values.append(.text(try cell.decode(String.self)))
+                }
+            }
+            rows.append(values)
+        }
+        return rows
+    }
+}

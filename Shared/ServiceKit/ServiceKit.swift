@@ -1,0 +1,85 @@
+import AMQPClient
+import Foundation
+import Hummingbird
+import Logging
+
+/// Reads configuration from environment variables; every service reads its whole configuration in one
+/// place (its `Configuration.fromEnvironment()`), with the defaults documented in README.md.
+public struct EnvironmentReader: Sendable {
+    let values: [String: String]
+
+    public init(_ values: [String: String] = ProcessInfo.processInfo.environment) {
+        self.values = values
+    }
+
+    public func string(_ key: String, default fallback: String) -> String {
+        guard let value = values[key], !value.isEmpty else { return fallback }
+        return value
+    }
+
+    public func int(_ key: String, default fallback: Int) -> Int {
+        values[key].flatMap { Int($0) } ?? fallback
+    }
+
+    public func bool(_ key: String, default fallback: Bool) -> Bool {
+        guard let value = values[key]?.lowercased() else { return fallback }
+        return ["1", "true", "yes", "on"].contains(value)
+    }
+}
+
+public enum ServiceLogging {
+    /// A logger whose level comes from `CHAT_LOG_LEVEL` (default `info`).
+    public static func logger(label: String, environment: EnvironmentReader = .init()) -> Logger {
+        var logger = Logger(label: label)
+        logger.logLevel = Logger.Level(rawValue: environment.string("CHAT_LOG_LEVEL", default: "info")) ?? .info
+        return logger
+    }
+}
+
+public enum HealthRoutes {
+    /// `GET /health`: the process is up. `GET /health/ready`: 200 when its broker connection is up, else 503.
+    public static func add<Context: RequestContext>(to router: Router<Context>, service: String, connection: AMQPConnection) {
+        router.get("/health") { _, _ -> Response in
+            json(.ok, "{\"status\":\"ok\",\"service\":\"\(service)\",\"amqp\":\(connection.isConnected)}")
+        }
+        router.get("/health/ready") { _, _ -> Response in
+            let up = connection.isConnected
+            return json(up ? .ok : .serviceUnavailable, "{\"ready\":\(up),\"service\":\"\(service)\",\"amqp\":\(up)}")
+        }
+    }
+
+    public static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+}
+
+import ServiceLifecycle
+
+/// A service process: its parts run in one `ServiceGroup` and shut down in reverse order on SIGTERM/SIGINT,
+/// so list the broker connection first (closed last) and the parts that use it after it.
+public struct ServiceApplication: Service {
+    public let services: [any Service]
+    public let logger: Logger
+
+    public init(services: [any Service], logger: Logger) {
+        self.services = services
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+    }
+}
+
+/// A small HTTP server with the health routes, for services that serve nothing else over HTTP.
+public func makeHealthServer(service: String, host: String, port: Int, connection: AMQPConnection, logger: Logger,
+                             extraRoutes: (Router<BasicRequestContext>) -> Void = { _ in }) -> some Service {
+    let router = Router()
+    HealthRoutes.add(to: router, service: service, connection: connection)
+    extraRoutes(router)
+    return Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: service), logger: logger)
+}
