@@ -1,0 +1,198 @@
+"""Harness for the integration tests: the real services as processes, on the real RabbitMQ (and
+PostgreSQL) that scripts/test started. Each stack gets its own RabbitMQ vhost, so stacks never share queues."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import websockets
+
+BIN = Path(os.environ["CHAT_TEST_BIN"])
+AMQP_URL = os.environ["CHAT_TEST_AMQP_URL"]
+RABBIT_NODE = os.environ["CHAT_TEST_RABBIT_NODE"]
+RABBITMQCTL = os.environ.get("RABBITMQCTL", "/usr/lib/rabbitmq/bin/rabbitmqctl")
+PG_URL = os.environ["CHAT_TEST_PG_URL"]
+STATE = Path(os.environ["CHAT_TEST_STATE"])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rabbitmqctl(*args):
+    return subprocess.run([RABBITMQCTL, "-n", RABBIT_NODE, "-q", *args], check=True, capture_output=True, text=True).stdout
+
+
+def wait_http(url, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def psql(url, sql):
+    out = subprocess.run(["psql", url, "-At", "-c", sql], check=True, capture_output=True, text=True).stdout
+    return [line.split("|") for line in out.strip().splitlines() if line]
+
+
+class Stack:
+    """Persistence, rooms and any number of gateways, on a vhost of their own."""
+
+    def __init__(self, name, database="sqlite", env=None):
+        self.name = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.dir = STATE / self.name
+        self.dir.mkdir(parents=True)
+        self.vhost = self.name
+        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        self.amqp_url = AMQP_URL.rsplit("/", 1)[0] + "/" + self.vhost
+        if database == "postgres":
+            dbname = "chat_" + self.name.replace("-", "_")
+            psql(PG_URL, f"CREATE DATABASE {dbname}")
+            self.pg_url = PG_URL.rsplit("/", 1)[0] + "/" + dbname
+            self.messages_db = self.rooms_db = self.pg_url
+        else:
+            self.pg_url = None
+            self.messages_db = f"sqlite:{self.dir}/messages.sqlite"
+            self.rooms_db = f"sqlite:{self.dir}/rooms.sqlite"
+        self.env = dict(os.environ, CHAT_AMQP_URL=self.amqp_url, CHAT_LOG_LEVEL="info", **(env or {}))
+        self.procs = {}
+        self.gateways = []
+        self.ports = {}
+
+    def _spawn(self, key, binary, env):
+        log = open(self.dir / f"{key}.log", "ab")
+        proc = subprocess.Popen([str(BIN / binary)], env=dict(self.env, **env), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.procs[key] = proc
+        return proc
+
+    def start_persistence(self):
+        port = self.ports.setdefault("persistence", free_port())
+        self._spawn("persistence", "Persistence", {"CHAT_DATABASE_URL": self.messages_db, "CHAT_HEALTH_PORT": str(port)})
+        wait_http(f"http://127.0.0.1:{port}/health/ready")
+
+    def start_rooms(self):
+        port = self.ports.setdefault("rooms", free_port())
+        self._spawn("rooms", "Rooms", {"CHAT_DATABASE_URL": self.rooms_db, "CHAT_HEALTH_PORT": str(port)})
+        wait_http(f"http://127.0.0.1:{port}/health/ready")
+
+    def start_gateway(self, **env):
+        port = free_port()
+        key = f"gateway{len(self.gateways)}"
+        self._spawn(key, "Gateway", {"CHAT_GATEWAY_PORT": str(port), "CHAT_GATEWAY_ID": f"{self.name}-{key}", **env})
+        wait_http(f"http://127.0.0.1:{port}/health/ready")
+        self.gateways.append(port)
+        return port
+
+    def start(self):
+        self.start_persistence()
+        self.start_rooms()
+        self.start_gateway()
+        return self
+
+    def kill(self, key, sig=signal.SIGKILL):
+        proc = self.procs.pop(key)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        return proc.returncode
+
+    def stop(self):
+        for key in list(self.procs):
+            proc = self.procs.pop(key)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        try:
+            rabbitmqctl("delete_vhost", self.vhost)
+        except subprocess.CalledProcessError:
+            pass
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.gateways[0]}"
+
+    def ws_url(self, room, gateway=0):
+        from urllib.parse import quote
+        return f"ws://127.0.0.1:{self.gateways[gateway]}/ws/chat/{quote(room, safe='')}/"
+
+    def stored(self, room):
+        """(seq, text) of every stored message of a named room, by seq."""
+        group = "named:" + room
+        if self.pg_url:
+            rows = psql(self.pg_url, f"SELECT seq, body FROM chat_messages WHERE grp = '{group}' ORDER BY seq")
+            return [(int(s), b) for s, b in rows]
+        import sqlite3
+        with sqlite3.connect(self.dir / "messages.sqlite") as db:
+            return [(s, b) for s, b in db.execute("SELECT seq, body FROM chat_messages WHERE grp = ? ORDER BY seq", (group,))]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    s = Stack("sqlite", env={"CHAT_GATEWAY_EXPIRY_SECONDS": "3", "CHAT_HEARTBEAT_SECONDS": "1"}).start()
+    yield s
+    s.stop()
+
+
+def unique_room(prefix="room"):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Client:
+    """A WebSocket client that records every frame it receives."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.frames = []
+
+    @classmethod
+    async def connect(cls, url, origin="http://127.0.0.1"):
+        return cls(await websockets.connect(url, additional_headers={"Origin": origin}, max_size=None))
+
+    async def send(self, text):
+        await self.ws.send(json.dumps({"message": text}))
+
+    async def recv(self, timeout=10):
+        frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        self.frames.append(frame)
+        return frame
+
+    async def recv_messages(self, count, timeout=20):
+        """Receives `count` chat messages (error frames are kept apart and fail the caller)."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < count:
+            frame = await self.recv(timeout=max(0.1, deadline - time.monotonic()))
+            assert "error" not in frame, frame
+            out.append(frame)
+        return out
+
+    async def expect_silence(self, seconds=1.0):
+        try:
+            frame = await asyncio.wait_for(self.ws.recv(), seconds)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame {frame}")
+
+    async def close(self):
+        await self.ws.close()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))

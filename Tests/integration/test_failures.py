@@ -1,0 +1,53 @@
+"""Failures: the persistence service killed mid-stream loses and doubles nothing."""
+import asyncio
+import time
+
+import requests
+
+from conftest import Client, Stack, run, unique_room
+
+
+def test_killing_persistence_mid_stream_loses_nothing_and_duplicates_nothing():
+    stack = Stack("kill", env={"CHAT_PERSIST_PREFETCH": "200"}).start()
+    try:
+        room = unique_room("kill")
+        total = 400
+
+        async def scenario():
+            sender = await Client.connect(stack.ws_url(room))
+            receivers = [await Client.connect(stack.ws_url(room)) for _ in range(2)]
+
+            async def send_all():
+                for i in range(total):
+                    await sender.send(f"msg {i}")
+                    if i == 100:
+                        stack.kill("persistence")  # SIGKILL, mid-stream, with a batch likely in flight
+                    if i == 250:
+                        stack.start_persistence()
+                    await asyncio.sleep(0.003)
+
+            await send_all()
+            for r in receivers + [sender]:
+                frames = await r.recv_messages(total, timeout=60)
+                assert [f["seq"] for f in frames] == list(range(1, total + 1))
+                assert [f["message"] for f in frames] == [f"msg {i}" for i in range(total)]
+                await r.expect_silence(1.0)
+            for c in receivers + [sender]:
+                await c.close()
+
+        run(scenario())
+        stored = stack.stored(room)
+        assert [s for s, _ in stored] == list(range(1, total + 1))
+        assert [t for _, t in stored] == [f"msg {i}" for i in range(total)]
+    finally:
+        stack.stop()
+
+
+def test_graceful_shutdown_on_sigterm_exits_cleanly():
+    import signal
+    stack = Stack("term").start()
+    try:
+        for key in ["gateway0", "rooms", "persistence"]:
+            assert stack.kill(key, signal.SIGTERM) == 0, key
+    finally:
+        stack.stop()
