@@ -83,9 +83,11 @@ public final class SQLiteDatabase: SQLDatabase {
         return SQLiteDatabase(writer: writer, reader: reader)
     }
 
+    /// Waits for graceful shutdown (or cancellation), then closes both connections. The close runs in a task
+    /// of its own, which cancellation cannot reach: the handles must be closed before they are released.
     public func run() async throws {
         try? await gracefulShutdown()
-        try await close()
+        try await Task { try await self.close() }.value
     }
 
     public func close() async throws {

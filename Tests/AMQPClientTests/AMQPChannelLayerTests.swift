@@ -1,0 +1,55 @@
+import AMQPClient
+import ChannelLayer
+import Logging
+import NIOCore
+import Testing
+
+/// The channel layer on the real broker: groups are bindings, reference-counted per process.
+@Suite(.serialized) struct AMQPChannelLayerTests {
+    func bindings(_ queue: String) throws -> [String] {
+        try TestBroker.rabbitmqctl("list_bindings", "source_name", "destination_name", "routing_key")
+            .split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }
+            .filter { $0.count == 3 && $0[0] == "chat.groups" && $0[1] == queue }.map { $0[2] }
+    }
+
+    @Test func groupsAcrossTwoProcessesWithOneBindingPerGroupPerProcess() async throws {
+        let c1 = await TestBroker.connect("layer-1"), c2 = await TestBroker.connect("layer-2")
+        let p1 = AMQPChannelLayer(connection: c1, processID: TestBroker.uniqueName("p1"), logger: Logger(label: "p1"))
+        let p2 = AMQPChannelLayer(connection: c2, processID: TestBroker.uniqueName("p2"), logger: Logger(label: "p2"))
+        let runners = Task { try await withThrowingTaskGroup(of: Void.self) { g in
+            g.addTask { try await p1.run() }
+            g.addTask { try await p2.run() }
+            try await g.waitForAll()
+        } }
+        try await p1.declareTopology()
+        try await p2.declareTopology()
+        let group = "named:" + TestBroker.uniqueName("g")
+
+        let locals = (0..<1000).map { _ in p1.newChannel() }
+        for channel in locals { try await p1.groupAdd(group, channel: channel) }
+        let remote = p2.newChannel()
+        try await p2.groupAdd(group, channel: remote)
+        #expect(try bindings(p1.queueName) == [group])  // 1,000 sockets, one binding
+        #expect(try bindings(p2.queueName) == [group])
+
+        try await p2.groupSend(group, message: ChannelMessage(body: ByteBuffer(string: "to all"), seq: 1))
+        var it = remote.messages.makeAsyncIterator()
+        #expect(await it.next()?.seq == 1)
+        for channel in [locals[0], locals[999]] {
+            var i = channel.messages.makeAsyncIterator()
+            #expect(await i.next().map { String(buffer: $0.body) } == "to all")
+        }
+
+        try await p1.send(toChannel: remote.name, message: ChannelMessage(body: ByteBuffer(string: "direct")))
+        #expect(await it.next().map { String(buffer: $0.body) } == "direct")
+
+        for channel in locals.dropLast() { try await p1.groupDiscard(group, channel: channel) }
+        #expect(try bindings(p1.queueName) == [group])
+        try await p1.groupDiscard(group, channel: locals.last!)
+        #expect(try bindings(p1.queueName) == [])
+
+        runners.cancel()
+        await c1.close()
+        await c2.close()
+    }
+}

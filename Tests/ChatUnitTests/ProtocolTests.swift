@@ -1,0 +1,53 @@
+import ChatProtocol
+import Foundation
+import Testing
+
+@Suite struct RoomNameTests {
+    @Test(arguments: ["lobby", "상담실", "café-2", "Room_1.b", String(repeating: "상", count: 100), "٣٤", "नमस्ते"])
+    func acceptsLettersDigitsAndSeparators(_ name: String) throws {
+        #expect(try RoomName(validating: name).value == name)
+    }
+
+    @Test(arguments: ["", "a b", "</script>", "';alert(1);'", "a/b", "a%2Fb", "tab\there", String(repeating: "x", count: 101), "emoji😀"])
+    func refusesEverythingElse(_ name: String) {
+        #expect(throws: ChatError.self) { try RoomName(validating: name) }
+    }
+
+    @Test func longNamesGetAShortStableRoutingKey() throws {
+        let long = try RoomName(validating: String(repeating: "상", count: 100))
+        #expect(long.groupKey.utf8.count <= 255)
+        #expect(long.groupKey == (try RoomName(validating: String(repeating: "상", count: 100))).groupKey)
+        #expect(try RoomName(validating: "lobby").groupKey == "named:lobby")
+    }
+}
+
+@Suite struct FrameTests {
+    func parse(_ s: String) throws(ChatError) -> String { try ClientFrame.parseChatMessage(Array(s.utf8)) }
+
+    @Test func parsesTheTutorialFrame() throws {
+        #expect(try parse(#"{"message": "hi"}"#) == "hi")
+        #expect(try parse(#"{"message": "안녕", "extra": 1}"#) == "안녕")
+    }
+
+    @Test func namesEachWayAFrameIsWrong() {
+        #expect(throws: ChatError.invalidFrame("frame is not valid JSON")) { try parse("nope") }
+        #expect(throws: ChatError.invalidFrame("frame must be a JSON object")) { try parse("[1]") }
+        #expect(throws: ChatError.invalidFrame("missing field 'message'")) { try parse("{}") }
+        #expect(throws: ChatError.invalidFrame("'message' must be a string")) { try parse(#"{"message": 1}"#) }
+        #expect(throws: ChatError.invalidFrame("'message' must be a string")) { try parse(#"{"message": false}"#) }
+        #expect(throws: ChatError.invalidFrame("'message' must not be empty")) { try parse(#"{"message": " "}"#) }
+    }
+
+    @Test func framesAreValidJSONAndSafeInHTML() throws {
+        let message = StoredChatMessage(id: "i", group: "named:r", seq: 7, sender: nil,
+                                        text: "</script>\"\\\n\u{1}&", createdAt: 1_763_800_000_123)
+        let frame = message.clientFrame
+        #expect(!frame.contains("<") && !frame.contains(">") && !frame.contains("&"))
+        let decoded = try JSONSerialization.jsonObject(with: Data(frame.utf8)) as! [String: Any]
+        #expect(decoded["message"] as? String == message.text)
+        #expect(decoded["seq"] as? Int == 7)
+        #expect(decoded["room"] as? String == "r")
+        #expect(decoded["time"] as? String == "2025-11-22T08:26:40.123Z")
+        #expect(decoded["sender_email"] == nil)
+    }
+}

@@ -1,0 +1,63 @@
+import ChatProtocol
+import ChatStorage
+import Foundation
+import Logging
+import ServiceLifecycle
+import Testing
+
+/// The stores on embedded SQLite and on the real PostgreSQL that scripts/test started.
+@Suite(.serialized) struct StorageTests {
+    static var postgresURL: String {
+        guard let url = ProcessInfo.processInfo.environment["CHAT_TEST_PG_URL"] else {
+            fatalError("CHAT_TEST_PG_URL is not set: run the tests through ./scripts/test, which starts PostgreSQL")
+        }
+        return url
+    }
+
+    /// Runs `body` with a migrated store on each backend.
+    func onEachDatabase(_ body: (MessageStore, RoomStore) async throws -> Void) async throws {
+        let logger = Logger(label: "test.storage")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("chat-\(UUID().uuidString).sqlite").path
+        for url in ["sqlite:\(path)", Self.postgresURL] {
+            let database = try await openDatabase(url: url, logger: logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await database.run() }
+                let messages = MessageStore(database: database), rooms = RoomStore(database: database)
+                try await messages.migrate()
+                try await messages.migrate()  // idempotent
+                try await rooms.migrate()
+                try await body(messages, rooms)
+                group.cancelAll()
+            }
+        }
+    }
+
+    @Test func storingIsIdempotentOnTheIDAndNumbersEachRoom() async throws {
+        try await onEachDatabase { store, _ in
+            let room = "named:store-\(UUID().uuidString.prefix(8))", other = room + "-other"
+            let batch = (0..<5).map { InboundChatMessage(id: UUID().uuidString, group: $0 == 2 ? other : room, sender: nil, text: "t\($0)", receivedAt: 1000 + Int64($0)) }
+            let first = try await store.store(batch)
+            #expect(first.map(\.seq) == [1, 2, 1, 3, 4])
+            // A redelivered batch (plus one new message) writes only the new one and returns the same rows.
+            let again = try await store.store(batch + [InboundChatMessage(id: UUID().uuidString, group: room, sender: "a@b.c", text: "new", receivedAt: 2000)])
+            #expect(Array(again.prefix(5)) == first)
+            #expect(again.last?.seq == 5 && again.last?.sender == "a@b.c")
+            #expect(try await store.count(group: room) == 5)
+            let history = try await store.history(group: room, limit: 3)
+            #expect(history.map(\.seq) == [3, 4, 5])
+            #expect(try await store.history(group: room, beforeSeq: 3, limit: 10).map(\.text) == ["t0", "t1"])
+        }
+    }
+
+    @Test func roomsAreCreatedOnceUnderConcurrentCallers() async throws {
+        try await onEachDatabase { _, rooms in
+            let name = "concurrent-\(UUID().uuidString.prefix(8))"
+            let results = try await withThrowingTaskGroup(of: (Int64, Bool).self) { group in
+                for _ in 0..<20 { group.addTask { let r = try await rooms.getOrCreate(kind: "named", name: name); return (r.room.id, r.created) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(Set(results.map(\.0)).count == 1)
+            #expect(results.filter(\.1).count == 1)
+        }
+    }
+}

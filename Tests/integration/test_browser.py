@@ -1,0 +1,99 @@
+"""A real headless Chromium drives the tutorial's pages: two pages in one room chat with each other,
+and room names that try to inject script run none."""
+import time
+from urllib.parse import quote
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from conftest import unique_room
+
+
+@pytest.fixture(scope="module")
+def browsers():
+    def make():
+        options = webdriver.ChromeOptions()
+        options.binary_location = "/usr/bin/chromium"
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,900"):
+            options.add_argument(arg)
+        return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+    drivers = [make(), make()]
+    yield drivers
+    for d in drivers:
+        d.quit()
+
+
+def enter_room(driver, base, room):
+    driver.get(f"{base}/chat/")
+    box = WebDriverWait(driver, 10).until(EC.presence_of_element_located((By.ID, "room-name-input")))
+    box.send_keys(room)
+    box.send_keys(Keys.ENTER)
+    WebDriverWait(driver, 10).until(lambda d: "/chat/" in d.current_url and d.current_url.rstrip("/") != f"{base}/chat")
+
+
+def no_alert(driver):
+    try:
+        driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def log_text(driver):
+    return driver.find_element(By.ID, "chat-log").get_attribute("value")
+
+
+def test_two_pages_in_one_room_chat_with_each_other(stack, browsers):
+    first, second = browsers
+    room = unique_room("browser")
+    enter_room(first, stack.url, room)
+    enter_room(second, stack.url, room)
+    assert first.current_url == f"{stack.url}/chat/{room}/"
+    time.sleep(0.5)  # both sockets open
+
+    box = first.find_element(By.ID, "chat-message-input")
+    box.send_keys("hello from the first page")
+    box.send_keys(Keys.ENTER)  # Enter sends
+    WebDriverWait(second, 10).until(lambda d: "hello from the first page" in log_text(d))
+
+    second.find_element(By.ID, "chat-message-input").send_keys("and back from the second")
+    second.find_element(By.ID, "chat-message-submit").click()  # so does the button
+    WebDriverWait(first, 10).until(lambda d: "and back from the second" in log_text(d))
+    assert log_text(first).splitlines() == ["hello from the first page", "and back from the second"]
+    assert stack.stored(room) == [(1, "hello from the first page"), (2, "and back from the second")]
+
+
+def test_a_unicode_room_entered_through_the_page(stack, browsers):
+    first, _ = browsers
+    room = "상담실" + unique_room("")
+    enter_room(first, stack.url, room)
+    time.sleep(0.3)
+    box = first.find_element(By.ID, "chat-message-input")
+    box.send_keys("안녕")
+    box.send_keys(Keys.ENTER)
+    WebDriverWait(first, 10).until(lambda d: "안녕" in log_text(d))
+    assert room in first.title
+
+
+@pytest.mark.parametrize("room", ["</script><script>alert(1)</script>", "';alert(1);'"])
+def test_room_names_that_try_to_inject_script_run_none(stack, browsers, room):
+    driver, _ = browsers
+    # Typed into the tutorial's form ...
+    enter_room(driver, stack.url, room)
+    time.sleep(0.5)
+    assert no_alert(driver)
+    assert "Invalid room name" in driver.find_element(By.ID, "error").text
+    # ... and opened directly, with the page's own WebSocket refused too.
+    driver.get(f"{stack.url}/chat/{quote(room, safe='')}/")
+    time.sleep(0.3)
+    assert no_alert(driver)
+    driver.get(f"{stack.url}/chat/{room}/")
+    time.sleep(0.3)
+    assert no_alert(driver)
