@@ -67,11 +67,15 @@ public struct ServiceApplication: Service {
     }
 
     public func run() async throws {
-        let group = ServiceGroup(configuration: .init(
+        var configuration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
-        try await group.run()
+            logger: logger)
+        // A part stuck waiting for a broker that is gone must not hold the process forever: after this,
+        // the group cancels every part, and the AMQP connection's cancellation fails what is still queued.
+        configuration.maximumGracefulShutdownDuration = .seconds(10)
+        configuration.maximumCancellationDuration = .seconds(5)
+        try await ServiceGroup(configuration: configuration).run()
     }
 }
 

@@ -51,3 +51,16 @@ def test_graceful_shutdown_on_sigterm_exits_cleanly():
             assert stack.kill(key, signal.SIGTERM) == 0, key
     finally:
         stack.stop()
+
+
+def test_a_gateway_whose_broker_is_unreachable_still_stops_on_sigterm():
+    import os
+    import signal
+    import subprocess
+    from conftest import BIN, free_port
+    env = dict(os.environ, CHAT_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", CHAT_GATEWAY_PORT=str(free_port()))
+    proc = subprocess.Popen([str(BIN / "Gateway")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=25)  # bounded: graceful shutdown gives up after 10 s and cancels
