@@ -65,6 +65,10 @@ public final class AMQPConnection: Service, Sendable {
     /// Whether the broker connection is up now (for readiness checks).
     public var isConnected: Bool { connected.load(ordering: .acquiring) }
 
+    /// How many times this connection has connected (1 after the first, more after reconnects).
+    public var connectCount: Int { connects.load(ordering: .relaxed) }
+    let connects = Atomic<Int>(0)
+
     /// Waits until the connection is up (or the connection is closed).
     public func waitUntilConnected() async {
         if isConnected { return }

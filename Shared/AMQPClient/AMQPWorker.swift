@@ -84,6 +84,7 @@ final class AMQPWorker: @unchecked Sendable {
         do {
             try connect()
             reconnectDelay = .milliseconds(100)
+            owner.connects.add(1, ordering: .relaxed)
             owner.connected.store(true, ordering: .releasing)
             let waiters = owner.shared.withLock { state -> [CheckedContinuation<Void, Never>] in
                 defer { state.connectWaiters.removeAll() }
@@ -530,6 +531,9 @@ final class AMQPWorker: @unchecked Sendable {
         let rc = poll(&fds, 2, timeoutMs)
         if rc < 0 && errno != EINTR { throw .connection("poll failed: \(errno)") }
         if fds[1].revents != 0 { drainWakePipe() }
+        // librabbitmq consumes heartbeat frames inside its read calls without returning them, so any bytes
+        // from the broker count as a sign of life.
+        if fds[0].revents & Int16(POLLIN) != 0 { lastFrameReceived = .now }
         if fds[0].revents & Int16(POLLERR | POLLHUP) != 0 && fds[0].revents & Int16(POLLIN) == 0 {
             throw .connection("socket closed")
         }

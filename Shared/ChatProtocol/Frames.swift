@@ -4,6 +4,11 @@ import Foundation
 public enum ClientFrame {
     /// Parses a client frame; every way it can be wrong has its own error text.
     public static func parseChatMessage(_ bytes: some Collection<UInt8>) throws(ChatError) -> String {
+        try chatMessage(in: parseObject(bytes))
+    }
+
+    /// Parses a frame that must be a JSON object.
+    public static func parseObject(_ bytes: some Collection<UInt8>) throws(ChatError) -> [String: Any] {
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: Data(bytes), options: [])
@@ -13,6 +18,11 @@ public enum ClientFrame {
         guard let dictionary = object as? [String: Any] else {
             throw .invalidFrame("frame must be a JSON object")
         }
+        return dictionary
+    }
+
+    /// The non-empty string in a frame's `message` field.
+    public static func chatMessage(in dictionary: [String: Any]) throws(ChatError) -> String {
         guard let value = dictionary["message"] else {
             throw .invalidFrame("missing field 'message'")
         }

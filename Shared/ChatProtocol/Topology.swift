@@ -34,18 +34,40 @@ public struct RoomRequest: Codable, Sendable, Equatable {
         case heartbeat
         /// How many members a room has; replies.
         case members
+        /// Get-or-create the users and the consultation room of a (shop, visitor) pair; replies.
+        case consultCreate = "consult.create"
+        /// A consultation room by id; replies (`ok: false` with `notFound` when there is none).
+        case consultGet = "consult.get"
+        /// The consultation rooms of a user in a role, with the seq the user has read in each; replies.
+        case consultList = "consult.list"
+        /// A user has read a room up to a seq; replies.
+        case consultRead = "consult.read"
     }
     public var op: Operation
     public var gateway: String
     public var room: String?
     /// For heartbeats: members per room on that gateway.
     public var rooms: [String: Int]?
+    public var roomID: Int64?
+    public var shopUserEmail: String?
+    public var visitorUserEmail: String?
+    public var email: String?
+    public var role: UserRole?
+    public var seq: Int64?
 
-    public init(op: Operation, gateway: String, room: String? = nil, rooms: [String: Int]? = nil) {
+    public init(op: Operation, gateway: String, room: String? = nil, rooms: [String: Int]? = nil, roomID: Int64? = nil,
+                shopUserEmail: String? = nil, visitorUserEmail: String? = nil, email: String? = nil, role: UserRole? = nil,
+                seq: Int64? = nil) {
         self.op = op
         self.gateway = gateway
         self.room = room
         self.rooms = rooms
+        self.roomID = roomID
+        self.shopUserEmail = shopUserEmail
+        self.visitorUserEmail = visitorUserEmail
+        self.email = email
+        self.role = role
+        self.seq = seq
     }
 }
 
@@ -56,27 +78,39 @@ public struct RoomReply: Codable, Sendable, Equatable {
     public var room: String?
     public var created: Bool?
     public var members: Int?
+    public var notFound: Bool?
+    public var consultRoom: ConsultRoom?
+    public var consultRooms: [ConsultRoom]?
 
-    public init(ok: Bool, error: String? = nil, roomID: Int64? = nil, room: String? = nil, created: Bool? = nil, members: Int? = nil) {
+    public init(ok: Bool, error: String? = nil, roomID: Int64? = nil, room: String? = nil, created: Bool? = nil, members: Int? = nil,
+                notFound: Bool? = nil, consultRoom: ConsultRoom? = nil, consultRooms: [ConsultRoom]? = nil) {
         self.ok = ok
         self.error = error
         self.roomID = roomID
         self.room = room
         self.created = created
         self.members = members
+        self.notFound = notFound
+        self.consultRoom = consultRoom
+        self.consultRooms = consultRooms
     }
 }
 
 /// A history request to the persistence service. The reply's body is the frames, one per line, oldest
 /// first; its `x-seq` header is the first frame's seq (seqs are contiguous) and `x-count` their number.
+///
+/// With `summaries` set instead, it asks for each room's last message and unread count; the reply's body is
+/// a JSON array of ``RoomSummary``.
 public struct HistoryRequest: Codable, Sendable, Equatable {
     public var group: String
     public var limit: Int
     public var beforeSeq: Int64?
+    public var summaries: [RoomSummaryQuery]?
 
-    public init(group: String, limit: Int, beforeSeq: Int64? = nil) {
+    public init(group: String, limit: Int, beforeSeq: Int64? = nil, summaries: [RoomSummaryQuery]? = nil) {
         self.group = group
         self.limit = limit
         self.beforeSeq = beforeSeq
+        self.summaries = summaries
     }
 }

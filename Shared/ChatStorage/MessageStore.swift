@@ -77,6 +77,21 @@ public final class MessageStore: Sendable {
         return rows.map(Self.message).reversed()
     }
 
+    /// Each room's last message and how many messages after `afterSeq` came from someone other than `reader`.
+    public func summaries(_ queries: [RoomSummaryQuery]) async throws -> [RoomSummary] {
+        var out: [RoomSummary] = []
+        for query in queries {
+            let last = try await database.query(
+                "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE grp = ? ORDER BY seq DESC LIMIT 1",
+                [.text(query.group)]).first.map(Self.message)
+            let unread = try await database.query(
+                "SELECT COUNT(*) FROM chat_messages WHERE grp = ? AND seq > ? AND (sender IS NULL OR sender <> ?)",
+                [.text(query.group), .int(query.afterSeq), .text(query.reader)]).first?.first?.int ?? 0
+            out.append(RoomSummary(group: query.group, lastSeq: last?.seq ?? 0, lastMessage: last, unread: Int(unread)))
+        }
+        return out
+    }
+
     public func count(group: String) async throws -> Int {
         let rows = try await database.query("SELECT COUNT(*) FROM chat_messages WHERE grp = ?", [.text(group)])
         return Int(rows.first?.first?.int ?? 0)

@@ -124,6 +124,20 @@ import Testing
         await connection.close()
     }
 
+    @Test func anIdleConnectionStaysUpAcrossManyHeartbeatIntervals() async throws {
+        var configuration = TestBroker.configuration("idle")
+        configuration.heartbeatSeconds = 1
+        let connection = AMQPConnection(configuration: configuration)
+        await connection.waitUntilConnected()
+        try await Task.sleep(for: .seconds(5))  // five intervals with no traffic but heartbeats
+        #expect(connection.isConnected)
+        #expect(connection.connectCount == 1)
+        let queue = TestBroker.uniqueName("test.idle")
+        try await connection.declareQueue(queue, durable: false, autoDelete: true)
+        #expect(connection.connectCount == 1)
+        await connection.close()
+    }
+
     @Test func closeFailsNewOperationsAndFinishesConsumers() async throws {
         let connection = await TestBroker.connect("close")
         let queue = TestBroker.uniqueName("test.close")

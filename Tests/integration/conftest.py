@@ -20,6 +20,7 @@ RABBIT_NODE = os.environ["CHAT_TEST_RABBIT_NODE"]
 RABBITMQCTL = os.environ.get("RABBITMQCTL", "/usr/lib/rabbitmq/bin/rabbitmqctl")
 PG_URL = os.environ["CHAT_TEST_PG_URL"]
 STATE = Path(os.environ["CHAT_TEST_STATE"])
+JWT_SECRET = "integration-test-secret-of-at-least-32-bytes"
 
 
 def free_port():
@@ -69,7 +70,8 @@ class Stack:
             self.pg_url = None
             self.messages_db = f"sqlite:{self.dir}/messages.sqlite"
             self.rooms_db = f"sqlite:{self.dir}/rooms.sqlite"
-        self.env = dict(os.environ, CHAT_AMQP_URL=self.amqp_url, CHAT_LOG_LEVEL="info", **(env or {}))
+        self.env = dict(os.environ, CHAT_AMQP_URL=self.amqp_url, CHAT_LOG_LEVEL="info", CHAT_ALLOW_ANONYMOUS="1",
+                        CHAT_DEV_TOKENS="1", CHAT_JWT_SECRET=JWT_SECRET, **(env or {}))
         self.procs = {}
         self.gateways = []
         self.ports = {}

@@ -7,58 +7,43 @@ import Logging
 import NIOCore
 import NIOWebSocket
 
-/// Close codes the gateway uses (docs/protocol.md).
+/// Close codes the gateway uses (docs/protocol.md). Each follows an `{"error"}` frame saying why.
 enum CloseCode {
-    /// The room name is invalid (an `{"error"}` frame says why first).
+    /// The room name or id is invalid.
     static let invalidRoom = WebSocketErrorCode.unknown(4400)
+    /// No token, or a token that is expired, malformed or badly signed.
+    static let unauthenticated = WebSocketErrorCode.unknown(4401)
+    /// The caller is not a participant of the room.
+    static let forbidden = WebSocketErrorCode.unknown(4403)
+    /// The room does not exist.
+    static let notFound = WebSocketErrorCode.unknown(4404)
     /// The socket fell `CHAT_MAILBOX_CAPACITY` messages behind.
     static let slowConsumer = WebSocketErrorCode.unknown(4008)
     /// A service it needs (rooms, broker) did not answer: try again later.
     static let tryAgainLater = WebSocketErrorCode.unknown(1013)
 }
 
-/// One socket in one named room: join, history, then live messages and the client's messages.
+/// One socket in one room: join, history, then live messages and the client's frames.
 ///
 /// Order of joining, so that nothing is missed or doubled between history and live messages: the room's
 /// group is bound first (from then on every broadcast reaches the mailbox), then history is read, then the
 /// mailbox is drained, skipping every seq the history already had.
-struct ChatSession {
+struct RoomSession: Sendable {
     let backend: GatewayBackend
-    let rawRoom: String
     let outbound: WebSocketOutboundWriter
-    var logger: Logger
+    let logger: Logger
 
-    init(backend: GatewayBackend, rawRoom: String, outbound: WebSocketOutboundWriter, logger: Logger) {
-        self.backend = backend
-        self.rawRoom = rawRoom
-        self.outbound = outbound
-        self.logger = logger
-    }
-
-    func run(inbound: WebSocketInboundStream) async {
-        let room: RoomName
-        do throws(ChatError) {
-            room = try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom)
-        } catch {
-            await sendError(error.description)
-            try? await outbound.close(CloseCode.invalidRoom, reason: "invalid room name")
-            return
-        }
-        var logger = self.logger
-        logger[metadataKey: "chat.room"] = .string(room.value)
-        let group = "named:" + room.value
-
+    /// Runs the session in `group`; `handle` gets each client text frame within the size limit.
+    func run(group: String, inbound: WebSocketInboundStream, handle: @escaping @Sendable (ByteBuffer) async -> Void) async {
         do {
             let reply = try await backend.join(group: group)
             guard reply.ok else {
-                await sendError(reply.error ?? "cannot join room")
-                try? await outbound.close(CloseCode.invalidRoom, reason: "cannot join room")
+                await fail(reply.error ?? "cannot join room", close: CloseCode.invalidRoom)
                 return
             }
         } catch {
             logger.warning("room service did not answer", metadata: ["error": "\(error)"])
-            await sendError("room service unavailable, try again later")
-            try? await outbound.close(CloseCode.tryAgainLater, reason: "room service unavailable")
+            await fail("room service unavailable, try again later", close: CloseCode.tryAgainLater)
             return
         }
 
@@ -73,8 +58,7 @@ struct ChatSession {
         } catch {
             logger.warning("could not join the room's group", metadata: ["error": "\(error)"])
             await backend.leave(group: group)
-            await sendError("broker unavailable, try again later")
-            try? await outbound.close(CloseCode.tryAgainLater, reason: "broker unavailable")
+            await fail("broker unavailable, try again later", close: CloseCode.tryAgainLater)
             return
         }
 
@@ -92,8 +76,8 @@ struct ChatSession {
             tasks.addTask { [lastSeq] in
                 await deliverLive(channel: channel, group: group, after: lastSeq)
             }
-            tasks.addTask { [logger] in
-                await readClient(inbound: inbound, group: group, logger: logger)
+            tasks.addTask {
+                await readClient(inbound: inbound, handle: handle)
             }
             // Whichever ends first (client gone, or mailbox closed) ends the session.
             await tasks.next()
@@ -133,37 +117,20 @@ struct ChatSession {
         }
     }
 
-    func readClient(inbound: WebSocketInboundStream, group: String, logger: Logger) async {
+    func readClient(inbound: WebSocketInboundStream, handle: @Sendable (ByteBuffer) async -> Void) async {
         let limit = backend.configuration.maxFrameBytes
         do {
             for try await message in inbound.messages(maxSize: backend.configuration.hardFrameLimit) {
-                let bytes: ByteBuffer
-                switch message {
-                case .text(let text):
-                    bytes = ByteBuffer(string: text)
-                case .binary:
+                guard case .text(let text) = message else {
                     await sendError("binary frames are not supported; send JSON text")
                     continue
                 }
+                let bytes = ByteBuffer(string: text)
                 guard bytes.readableBytes <= limit else {
                     await sendError(ChatError.frameTooLarge(limit: limit).description)
                     continue
                 }
-                let text: String
-                do {
-                    text = try ClientFrame.parseChatMessage(bytes.readableBytesView)
-                } catch {
-                    await sendError(error.description)
-                    continue
-                }
-                let inboundMessage = InboundChatMessage(
-                    id: UUID().uuidString.lowercased(), group: group, sender: nil, text: text, receivedAt: Timestamp.nowMillis())
-                do {
-                    try await backend.submit(inboundMessage)
-                } catch {
-                    logger.warning("message not accepted by the broker", metadata: ["error": "\(error)"])
-                    await sendError("message not accepted, try again")
-                }
+                await handle(bytes)
             }
         } catch {
             logger.debug("socket read ended", metadata: ["error": "\(error)"])
@@ -176,5 +143,100 @@ struct ChatSession {
 
     func sendError(_ text: String) async {
         try? await outbound.write(.text(ClientFrame.error(text)))
+    }
+
+    func fail(_ text: String, close code: WebSocketErrorCode) async {
+        await sendError(text)
+        try? await outbound.close(code, reason: String(text.prefix(100)))
+    }
+
+    /// Hands a message to the persistence service; tells the client when the broker did not take it.
+    func submit(group: String, sender: Email?, text: String) async {
+        let message = InboundChatMessage(id: UUID().uuidString.lowercased(), group: group, sender: sender?.value, text: text,
+                                         receivedAt: Timestamp.nowMillis())
+        do {
+            try await backend.submit(message)
+        } catch {
+            logger.warning("message not accepted by the broker", metadata: ["error": "\(error)"])
+            await sendError("message not accepted, try again")
+        }
+    }
+}
+
+/// `/ws/chat/<room>/`: the tutorial's named rooms.
+enum NamedRoomSocket {
+    static func run(session: RoomSession, rawRoom: String, identity: Identity?, inbound: WebSocketInboundStream) async {
+        let room: RoomName
+        do throws(ChatError) {
+            room = try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom)
+        } catch {
+            await session.fail(error.description, close: CloseCode.invalidRoom)
+            return
+        }
+        let group = "named:" + room.value
+        await session.run(group: group, inbound: inbound) { bytes in
+            do throws(ChatError) {
+                let text = try ClientFrame.parseChatMessage(bytes.readableBytesView)
+                await session.submit(group: group, sender: identity?.email, text: text)
+            } catch {
+                await session.sendError(error.description)
+            }
+        }
+    }
+}
+
+/// `/ws/room/<id>/messages`: a 1:1 consultation room; only its two participants get in.
+enum ConsultRoomSocket {
+    static func run(session: RoomSession, rawID: String, identity: Identity, inbound: WebSocketInboundStream) async {
+        guard let id = Int64(rawID), id > 0 else {
+            await session.fail("room id must be a positive integer", close: CloseCode.invalidRoom)
+            return
+        }
+        let room: ConsultRoom
+        switch await session.backend.consultRoom(id: id) {
+        case .success(let found?):
+            room = found
+        case .success(nil):
+            await session.fail("room \(id) does not exist", close: CloseCode.notFound)
+            return
+        case .failure:
+            await session.fail("room service unavailable, try again later", close: CloseCode.tryAgainLater)
+            return
+        }
+        guard room.hasParticipant(identity.email.value, role: identity.role) else {
+            await session.fail("you are not a participant of room \(id)", close: CloseCode.forbidden)
+            return
+        }
+        await session.run(group: room.group, inbound: inbound) { bytes in
+            do throws(ChatError) {
+                switch try ConsultClientFrame.parse(bytes.readableBytesView) {
+                case .message(let text, let sender, let shop, let visitor):
+                    guard shop.value == room.shopUserEmail, visitor.value == room.visitorUserEmail else {
+                        await session.sendError("shop_user_email and visitor_user_email do not match room \(id)")
+                        return
+                    }
+                    if let sender, sender != identity.email {
+                        await session.sendError("sender_email must be your own email (\(identity.email.value))")
+                        return
+                    }
+                    await session.submit(group: room.group, sender: identity.email, text: text)
+                case .read(let upToSeq):
+                    do {
+                        let mark = try await session.backend.markRead(roomID: id, email: identity.email, seq: upToSeq)
+                        var writer = JSONWriter()
+                        writer.beginObject()
+                        writer.field("type", "read")
+                        writer.field("reader_email", identity.email.value)
+                        writer.field("up_to_seq", mark)
+                        writer.endObject()
+                        try await session.backend.layer.groupSend(room.group, message: ChannelMessage(body: ByteBuffer(string: writer.output)))
+                    } catch {
+                        await session.sendError("read receipt not recorded, try again")
+                    }
+                }
+            } catch {
+                await session.sendError(error.description)
+            }
+        }
     }
 }

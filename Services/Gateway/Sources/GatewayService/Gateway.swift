@@ -20,22 +20,64 @@ public func buildApplication(_ configuration: GatewayConfiguration, logger: Logg
     let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID,
                                  mailboxCapacity: configuration.mailboxCapacity, logger: logger)
     let backend = GatewayBackend(configuration: configuration, layer: layer, logger: logger)
-    let server = makeServer(configuration: configuration, backend: backend, logger: logger)
+    guard configuration.jwtSecret.utf8.count >= 32 else {
+        throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
+    }
+    let authenticator = await Authenticator(secret: configuration.jwtSecret)
+    if configuration.devTokens {
+        logger.warning("CHAT_DEV_TOKENS is on: POST /api/dev/token mints tokens for anyone (development only)")
+    }
+    let server = makeServer(configuration: configuration, backend: backend, authenticator: authenticator, logger: logger)
     return ServiceApplication(services: [connection, backend, layer, server], logger: logger)
 }
 
-func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, logger: Logger) -> some Service {
+func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, authenticator: Authenticator, logger: Logger) -> some Service {
+    let origins = OriginPolicy(allowed: configuration.allowedOrigins)
     let router = Router()
     HealthRoutes.add(to: router, service: "gateway", connection: backend.connection)
     Pages.add(to: router)
+    API(backend: backend, authenticator: authenticator, configuration: configuration).add(to: router)
+
+    // A WebSocket upgrade from a foreign Origin is not upgraded; it falls through to these routes, which say 403.
+    for path in ["/ws/chat/:room", "/ws/room/:id/messages"] {
+        router.get(RouterPath(path)) { request, _ -> Response in
+            if !origins.allows(request.headers[.origin]) {
+                return API.error(.forbidden, "origin not allowed")
+            }
+            return API.error(.upgradeRequired, "this is a WebSocket endpoint")
+        }
+    }
 
     let sockets = Router(context: BasicWebSocketRequestContext.self)
-    sockets.ws("/ws/chat/:room") { _, _ in
-        .upgrade([:])
+    sockets.ws("/ws/chat/:room") { request, _ in
+        origins.allows(request.headers[.origin]) ? .upgrade([:]) : .dontUpgrade
     } onUpgrade: { inbound, outbound, context in
-        let raw = context.requestContext.parameters.get("room") ?? ""
-        let session = ChatSession(backend: backend, rawRoom: raw, outbound: outbound, logger: context.logger)
-        await session.run(inbound: inbound)
+        let session = RoomSession(backend: backend, outbound: outbound, logger: context.logger)
+        var identity: Identity? = nil
+        do throws(AuthError) {
+            identity = try await authenticator.identify(context.request)
+        } catch {
+            if !configuration.allowAnonymous || error != .missing {
+                await session.fail(error.description, close: CloseCode.unauthenticated)
+                return
+            }
+        }
+        await NamedRoomSocket.run(session: session, rawRoom: context.requestContext.parameters.get("room") ?? "",
+                                  identity: identity, inbound: inbound)
+    }
+    sockets.ws("/ws/room/:id/messages") { request, _ in
+        origins.allows(request.headers[.origin]) ? .upgrade([:]) : .dontUpgrade
+    } onUpgrade: { inbound, outbound, context in
+        let session = RoomSession(backend: backend, outbound: outbound, logger: context.logger)
+        let identity: Identity
+        do throws(AuthError) {
+            identity = try await authenticator.identify(context.request)
+        } catch {
+            await session.fail(error.description, close: CloseCode.unauthenticated)
+            return
+        }
+        await ConsultRoomSocket.run(session: session, rawID: context.requestContext.parameters.get("id") ?? "",
+                                    identity: identity, inbound: inbound)
     }
     return Application(
         router: router,
@@ -115,6 +157,50 @@ final class GatewayBackend: Service {
         return (reply.properties.headers[ChatTopology.seqHeader]?.intValue, frames)
     }
 
+    // MARK: Consultation rooms (room service)
+
+    func consultRoom(id: Int64) async -> Result<ConsultRoom?, any Error> {
+        do {
+            let reply = try await roomRequest(RoomRequest(op: .consultGet, gateway: configuration.gatewayID, roomID: id))
+            if reply.notFound == true { return .success(nil) }
+            guard reply.ok, let room = reply.consultRoom else { return .failure(ChatError.unavailable(reply.error ?? "room service error")) }
+            return .success(room)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    func createConsultRoom(shop: Email, visitor: Email) async throws -> RoomReply {
+        try await roomRequest(RoomRequest(op: .consultCreate, gateway: configuration.gatewayID,
+                                          shopUserEmail: shop.value, visitorUserEmail: visitor.value))
+    }
+
+    func consultRooms(of identity: Identity) async throws -> [ConsultRoom] {
+        let reply = try await roomRequest(RoomRequest(op: .consultList, gateway: configuration.gatewayID,
+                                                      email: identity.email.value, role: identity.role))
+        guard reply.ok else { throw ChatError.unavailable(reply.error ?? "room service error") }
+        return reply.consultRooms ?? []
+    }
+
+    func markRead(roomID: Int64, email: Email, seq: Int64) async throws -> Int64 {
+        let reply = try await roomRequest(RoomRequest(op: .consultRead, gateway: configuration.gatewayID, roomID: roomID,
+                                                      email: email.value, seq: seq))
+        guard reply.ok, let mark = reply.consultRoom?.readSeq else { throw ChatError.unavailable(reply.error ?? "room service error") }
+        return mark
+    }
+
+    /// Last message and unread count per room (persistence service).
+    func summaries(_ queries: [RoomSummaryQuery]) async throws -> [RoomSummary] {
+        if queries.isEmpty { return [] }
+        let reply = try await request(HistoryRequest(group: "", limit: 0, summaries: queries), to: ChatTopology.historyQueue)
+        return try decoder.decode([RoomSummary].self, from: Data(buffer: reply.body))
+    }
+
+    private func roomRequest(_ request: RoomRequest) async throws -> RoomReply {
+        let reply = try await self.request(request, to: ChatTopology.roomsQueue)
+        return try decoder.decode(RoomReply.self, from: Data(buffer: reply.body))
+    }
+
     private func request<Request: Encodable>(_ request: Request, to queue: String) async throws -> AMQPDelivery {
         try await layer.requester.request(routingKey: queue, body: ByteBuffer(bytes: try encoder.encode(request)),
                                           timeout: configuration.requestTimeout)
@@ -122,5 +208,15 @@ final class GatewayBackend: Service {
 
     private func publish<Message: Encodable>(_ message: Message, to queue: String) async throws {
         try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: ByteBuffer(bytes: try encoder.encode(message))))
+    }
+}
+
+public enum GatewayConfigurationError: Error, CustomStringConvertible {
+    case jwtSecretTooShort(Int)
+
+    public var description: String {
+        switch self {
+        case .jwtSecretTooShort(let bytes): "CHAT_JWT_SECRET must be at least 32 bytes for HS256 (it has \(bytes))"
+        }
     }
 }

@@ -22,10 +22,24 @@ public struct GatewayConfiguration: Sendable {
     public var mailboxCapacity: Int
     /// `CHAT_HEARTBEAT_SECONDS` (default 5): how often the gateway reports its members to the room service.
     public var heartbeatInterval: Duration
+    /// `CHAT_JWT_SECRET`: the HS256 secret of the tokens (default: a random one per process, so tokens are
+    /// valid on that gateway only; set the same secret on every gateway).
+    public var jwtSecret: String
+    /// `CHAT_DEV_TOKENS=1` enables `POST /api/dev/token` (development only; 404 otherwise).
+    public var devTokens: Bool
+    /// `CHAT_ALLOW_ANONYMOUS=1` lets sockets without a token into the named (tutorial) rooms.
+    public var allowAnonymous: Bool
+    /// `CHAT_ALLOWED_ORIGINS`: comma-separated hosts, origins or `*` a WebSocket's `Origin` must match
+    /// (default: the gateway's own host, `localhost`, `127.0.0.1`, `[::1]`).
+    public var allowedOrigins: [String]
+    /// `CHAT_MAX_BODY_BYTES` (default 16384): larger REST request bodies get 413.
+    public var maxBodyBytes: Int
 
     public init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
-                requestTimeout: Duration = .seconds(5), mailboxCapacity: Int = 1024, heartbeatInterval: Duration = .seconds(5)) {
+                requestTimeout: Duration = .seconds(5), mailboxCapacity: Int = 1024, heartbeatInterval: Duration = .seconds(5),
+                jwtSecret: String = UUID().uuidString + UUID().uuidString, devTokens: Bool = false, allowAnonymous: Bool = false,
+                allowedOrigins: [String]? = nil, maxBodyBytes: Int = 16384) {
         self.host = host
         self.port = port
         self.amqpURL = amqpURL
@@ -35,6 +49,11 @@ public struct GatewayConfiguration: Sendable {
         self.requestTimeout = requestTimeout
         self.mailboxCapacity = mailboxCapacity
         self.heartbeatInterval = heartbeatInterval
+        self.jwtSecret = jwtSecret
+        self.devTokens = devTokens
+        self.allowAnonymous = allowAnonymous
+        self.allowedOrigins = allowedOrigins ?? [host, "localhost", "127.0.0.1", "[::1]"]
+        self.maxBodyBytes = maxBodyBytes
     }
 
     public static func fromEnvironment(_ env: EnvironmentReader = .init()) -> Self {
@@ -47,7 +66,13 @@ public struct GatewayConfiguration: Sendable {
             historyLimit: env.int("CHAT_HISTORY_LIMIT", default: 50),
             requestTimeout: .milliseconds(env.int("CHAT_REQUEST_TIMEOUT_MS", default: 5000)),
             mailboxCapacity: env.int("CHAT_MAILBOX_CAPACITY", default: 1024),
-            heartbeatInterval: .seconds(env.int("CHAT_HEARTBEAT_SECONDS", default: 5)))
+            heartbeatInterval: .seconds(env.int("CHAT_HEARTBEAT_SECONDS", default: 5)),
+            jwtSecret: env.string("CHAT_JWT_SECRET", default: UUID().uuidString + UUID().uuidString),
+            devTokens: env.bool("CHAT_DEV_TOKENS", default: false),
+            allowAnonymous: env.bool("CHAT_ALLOW_ANONYMOUS", default: false),
+            allowedOrigins: env.string("CHAT_ALLOWED_ORIGINS", default: "").split(separator: ",")
+                .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.nilIfEmpty,
+            maxBodyBytes: env.int("CHAT_MAX_BODY_BYTES", default: 16384))
     }
 
     public static func randomID() -> String {
@@ -56,4 +81,8 @@ public struct GatewayConfiguration: Sendable {
 
     /// Frames up to this size are read whole; larger ones close the socket (1009).
     var hardFrameLimit: Int { max(maxFrameBytes * 4, 1 << 20) }
+}
+
+extension Array {
+    var nilIfEmpty: Self? { isEmpty ? nil : self }
 }

@@ -159,6 +159,13 @@ final class HistoryResponder: Service {
             return
         }
         do {
+            if let queries = request.summaries {
+                let body = try JSONEncoder().encode(try await store.summaries(queries))
+                if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)) {
+                    try await connection.publish(reply)
+                }
+                return
+            }
             let limit = max(0, min(request.limit, Self.maxLimit))
             let messages = limit == 0 ? [] : try await store.history(group: request.group, beforeSeq: request.beforeSeq, limit: limit)
             let body = messages.map(\.clientFrame).joined(separator: "\n")

@@ -166,9 +166,17 @@ final class RoomRequestResponder: Service {
             if let room = request.room { membership.leave(gateway: request.gateway, room: room) }
         case .members:
             await reply(to: delivery, RoomReply(ok: true, room: request.room, members: request.room.map(membership.members(of:)) ?? 0))
+        case .consultCreate, .consultGet, .consultList, .consultRead:
+            await handleConsultation(request, delivery)
         case .join:
-            guard let group = request.room, group.hasPrefix("named:") else {
+            guard let group = request.room, group.hasPrefix("named:") || group.hasPrefix("consult:") else {
                 await reply(to: delivery, RoomReply(ok: false, error: "unknown room kind"))
+                return
+            }
+            if group.hasPrefix("consult:") {
+                // Consultation rooms exist before anyone joins; the gateway has checked the participant.
+                let members = membership.join(gateway: request.gateway, room: group)
+                await reply(to: delivery, RoomReply(ok: true, room: group, members: members))
                 return
             }
             do {
@@ -183,6 +191,44 @@ final class RoomRequestResponder: Service {
                 logger.error("join failed", metadata: ["error": "\(error)", "chat.room": "\(group)"])
                 await reply(to: delivery, RoomReply(ok: false, error: "room service error"))
             }
+        }
+    }
+
+    func handleConsultation(_ request: RoomRequest, _ delivery: AMQPDelivery) async {
+        do {
+            switch request.op {
+            case .consultCreate:
+                let shop = try Email(validating: request.shopUserEmail ?? "")
+                let visitor = try Email(validating: request.visitorUserEmail ?? "")
+                let (room, created) = try await store.getOrCreateConsultRoom(shopEmail: shop.value, visitorEmail: visitor.value)
+                if created { logger.info("consultation room created", metadata: ["chat.room_id": "\(room.id)"]) }
+                await reply(to: delivery, RoomReply(ok: true, roomID: room.id, created: created, consultRoom: room))
+            case .consultGet:
+                guard let id = request.roomID, let room = try await store.consultRoom(id: id) else {
+                    await reply(to: delivery, RoomReply(ok: false, error: "room not found", notFound: true))
+                    return
+                }
+                await reply(to: delivery, RoomReply(ok: true, roomID: room.id, consultRoom: room))
+            case .consultList:
+                let email = try Email(validating: request.email ?? "")
+                let rooms = try await store.consultRooms(email: email.value, role: request.role ?? .visitor)
+                await reply(to: delivery, RoomReply(ok: true, consultRooms: rooms))
+            case .consultRead:
+                guard let id = request.roomID, let seq = request.seq, let email = request.email else {
+                    await reply(to: delivery, RoomReply(ok: false, error: "roomID, email and seq are required"))
+                    return
+                }
+                let mark = try await store.markRead(roomID: id, email: email, seq: seq)
+                await reply(to: delivery, RoomReply(ok: true, roomID: id, members: nil, consultRoom: ConsultRoom(
+                    id: id, shopUserEmail: "", visitorUserEmail: "", createdAt: 0, readSeq: mark)))
+            default:
+                break
+            }
+        } catch let error as ChatError {
+            await reply(to: delivery, RoomReply(ok: false, error: error.description))
+        } catch {
+            logger.error("consultation request failed", metadata: ["error": "\(error)", "op": "\(request.op.rawValue)"])
+            await reply(to: delivery, RoomReply(ok: false, error: "room service error"))
         }
     }
 

@@ -1,0 +1,110 @@
+import ChatProtocol
+import Foundation
+import Hummingbird
+import JWTKit
+
+/// Who a verified token says the caller is.
+struct Identity: Sendable, Equatable {
+    let email: Email
+    let role: UserRole
+}
+
+/// The claims of our tokens: `sub` = email, `role` = `shop` or `visitor`, `exp`.
+struct ChatClaims: JWTPayload {
+    var sub: SubjectClaim
+    var role: String
+    var exp: ExpirationClaim
+
+    func verify(using algorithm: some JWTAlgorithm) throws {
+        try exp.verifyNotExpired()
+    }
+}
+
+enum AuthError: Error, Equatable, CustomStringConvertible {
+    case missing
+    case invalid(String)
+
+    var description: String {
+        switch self {
+        case .missing: "authentication required: send a token as 'Authorization: Bearer', the 'chat_token' cookie or ?token="
+        case .invalid(let reason): "invalid token: \(reason)"
+        }
+    }
+}
+
+/// Verifies HS256 tokens signed with `CHAT_JWT_SECRET` (and mints them for the development endpoint).
+struct Authenticator: Sendable {
+    let keys: JWTKeyCollection
+    static let cookieName = "chat_token"
+
+    init(secret: String) async {
+        let keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        self.keys = keys
+    }
+
+    /// The token of a request: `Authorization: Bearer`, else the `chat_token` cookie, else `?token=`.
+    static func token(in request: Request) -> String? {
+        if let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") {
+            return String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        }
+        if let cookie = request.cookies[cookieName]?.value, !cookie.isEmpty { return cookie }
+        if let query = request.uri.queryParameters.get("token"), !query.isEmpty { return query }
+        return nil
+    }
+
+    func identify(_ request: Request) async throws(AuthError) -> Identity {
+        guard let token = Self.token(in: request) else { throw .missing }
+        return try await verify(token)
+    }
+
+    func verify(_ token: String) async throws(AuthError) -> Identity {
+        let claims: ChatClaims
+        do {
+            claims = try await keys.verify(token, as: ChatClaims.self)
+        } catch let error as JWTError {
+            switch error.errorType {
+            case .claimVerificationFailure: throw .invalid("expired")
+            case .signatureVerificationFailed: throw .invalid("bad signature")
+            default: throw .invalid("malformed")
+            }
+        } catch {
+            throw .invalid("malformed")
+        }
+        guard let role = UserRole(rawValue: claims.role) else { throw .invalid("role must be 'shop' or 'visitor'") }
+        guard let email = try? Email(validating: claims.sub.value) else { throw .invalid("sub must be an email") }
+        return Identity(email: email, role: role)
+    }
+
+    func mint(email: Email, role: UserRole, lifetime: TimeInterval = 24 * 3600) async throws -> String {
+        try await keys.sign(ChatClaims(sub: .init(value: email.value), role: role.rawValue,
+                                       exp: .init(value: Date().addingTimeInterval(lifetime))))
+    }
+}
+
+/// Like Django's AllowedHostsOriginValidator: a WebSocket upgrade must carry an `Origin` whose host is
+/// allowed. Entries are hosts (`example.com`, `.example.com` for subdomains too), full origins
+/// (`https://chat.example.com:8443`) or `*`.
+struct OriginPolicy: Sendable {
+    let allowed: [String]
+
+    init(allowed: [String]) {
+        self.allowed = allowed.map { $0.lowercased() }
+    }
+
+    func allows(_ origin: String?) -> Bool {
+        guard let origin = origin?.lowercased(), !origin.isEmpty, origin != "null" else { return allowed.contains("*") }
+        if allowed.contains("*") { return true }
+        guard let components = URLComponents(string: origin), let host = components.host, components.scheme != nil else { return false }
+        for entry in allowed {
+            if entry.contains("://") {
+                if entry == origin { return true }
+            } else if entry.hasPrefix(".") {
+                if host == String(entry.dropFirst()) || host.hasSuffix(entry) { return true }
+            } else if host == entry || "[\(host)]" == entry || host == entry.trimmingCharacters(in: CharacterSet(charactersIn: "[]")) {
+                return true
+            }
+        }
+        return false
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+
+/// An email address as the consultation chat knows users: validated, and compared case-insensitively
+/// (stored lowercased).
+public struct Email: Hashable, Sendable, Codable, CustomStringConvertible {
+    public let value: String
+
+    public init(validating raw: String) throws(ChatError) {
+        let trimmed = raw.trimmingCharacters(in: .whitespaces)
+        guard !trimmed.isEmpty else { throw .invalidFrame("email must not be empty") }
+        guard trimmed.utf8.count <= 254 else { throw .invalidFrame("email is too long") }
+        let parts = trimmed.split(separator: "@", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, parts[0].utf8.count <= 64,
+              parts[1].contains("."), !parts[1].hasPrefix("."), !parts[1].hasSuffix("."), !parts[1].contains(".."),
+              trimmed.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7f && !"<>()[],;:\\\"".unicodeScalars.contains($0) })
+        else { throw .invalidFrame("'\(trimmed)' is not a valid email address") }
+        self.value = trimmed.lowercased()
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let raw = try decoder.singleValueContainer().decode(String.self)
+        self = try Email(validating: raw)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(value)
+    }
+
+    public var description: String { value }
+}
+
+/// Who a token says the caller is.
+public enum UserRole: String, Codable, Sendable {
+    case shop, visitor
+}
+
+/// A 1:1 consultation room between a shop user and a visitor user.
+public struct ConsultRoom: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var shopUserEmail: String
+    public var visitorUserEmail: String
+    public var createdAt: Int64
+    /// The last seq the asking user has read (lists only).
+    public var readSeq: Int64?
+
+    public init(id: Int64, shopUserEmail: String, visitorUserEmail: String, createdAt: Int64, readSeq: Int64? = nil) {
+        self.id = id
+        self.shopUserEmail = shopUserEmail
+        self.visitorUserEmail = visitorUserEmail
+        self.createdAt = createdAt
+        self.readSeq = readSeq
+    }
+
+    public var group: String { "consult:\(id)" }
+
+    public func hasParticipant(_ email: String, role: UserRole) -> Bool {
+        switch role {
+        case .shop: shopUserEmail == email
+        case .visitor: visitorUserEmail == email
+        }
+    }
+}
+
+/// Per room: its last message and how many the caller has not read (a persistence request).
+public struct RoomSummaryQuery: Codable, Sendable, Equatable {
+    public var group: String
+    public var afterSeq: Int64
+    /// Messages from this sender (the caller) do not count as unread.
+    public var reader: String
+
+    public init(group: String, afterSeq: Int64, reader: String) {
+        self.group = group
+        self.afterSeq = afterSeq
+        self.reader = reader
+    }
+}
+
+public struct RoomSummary: Codable, Sendable, Equatable {
+    public var group: String
+    public var lastSeq: Int64
+    public var lastMessage: StoredChatMessage?
+    public var unread: Int
+
+    public init(group: String, lastSeq: Int64, lastMessage: StoredChatMessage?, unread: Int) {
+        self.group = group
+        self.lastSeq = lastSeq
+        self.lastMessage = lastMessage
+        self.unread = unread
+    }
+}
+
+/// What a participant sends on `/ws/room/<id>/messages`.
+public enum ConsultClientFrame: Equatable, Sendable {
+    /// `{"message", "sender_email"?, "shop_user_email", "visitor_user_email"}`
+    case message(text: String, sender: Email?, shop: Email, visitor: Email)
+    /// `{"type": "read", "up_to_seq": N}`
+    case read(upToSeq: Int64)
+
+    public static func parse(_ bytes: some Collection<UInt8>) throws(ChatError) -> ConsultClientFrame {
+        let object = try ClientFrame.parseObject(bytes)
+        if let type = object["type"] {
+            guard let type = type as? String, !(type as Any is NSNumber) else { throw .invalidFrame("'type' must be a string") }
+            guard type == "read" else { throw .invalidFrame("unknown frame type '\(type)'") }
+            // JSONDecoder is strict where JSONSerialization is not: `true` and `1.5` are not integers.
+            guard let frame = try? JSONDecoder().decode(ReadFrame.self, from: Data(bytes)), frame.up_to_seq >= 0 else {
+                throw .invalidFrame("'up_to_seq' must be a non-negative integer")
+            }
+            return .read(upToSeq: frame.up_to_seq)
+        }
+        let text = try ClientFrame.chatMessage(in: object)
+        func email(_ key: String) throws(ChatError) -> Email {
+            guard let raw = object[key] else { throw .invalidFrame("missing field '\(key)'") }
+            guard let string = raw as? String, !(raw is NSNumber) else { throw .invalidFrame("'\(key)' must be a string") }
+            guard !string.trimmingCharacters(in: .whitespaces).isEmpty else { throw .invalidFrame("'\(key)' must not be empty") }
+            return try Email(validating: string)
+        }
+        let sender: Email? = object["sender_email"] == nil || object["sender_email"] is NSNull ? nil : try email("sender_email")
+        return .message(text: text, sender: sender, shop: try email("shop_user_email"), visitor: try email("visitor_user_email"))
+    }
+}
+
+private struct ReadFrame: Decodable {
+    var up_to_seq: Int64
+}
