@@ -71,7 +71,8 @@ class Stack:
             self.messages_db = f"sqlite:{self.dir}/messages.sqlite"
             self.rooms_db = f"sqlite:{self.dir}/rooms.sqlite"
         self.env = dict(os.environ, CHAT_AMQP_URL=self.amqp_url, CHAT_LOG_LEVEL="info", CHAT_ALLOW_ANONYMOUS="1",
-                        CHAT_DEV_TOKENS="1", CHAT_JWT_SECRET=JWT_SECRET, **(env or {}))
+                        CHAT_DEV_TOKENS="1", CHAT_JWT_SECRET=JWT_SECRET)
+        self.env.update(env or {})
         self.procs = {}
         self.gateways = []
         self.ports = {}

@@ -3,6 +3,7 @@ import ChannelLayer
 import ChatProtocol
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import NIOCore
@@ -81,10 +82,14 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
     }
     return Application(
         router: router,
-        server: .http1WebSocketUpgrade(
-            webSocketRouter: sockets,
-            configuration: .init(ws: WebSocketServerConfiguration(
-                maxFrameSize: configuration.hardFrameLimit, autoPing: .enabled(timePeriod: .seconds(30))))),
+        server: HTTPServerBuilder { [socketResponder = sockets.buildResponder()] responder in
+            OriginGuardedChannel(
+                base: HTTP1WebSocketUpgradeChannel(
+                    responder: responder, webSocketResponder: socketResponder,
+                    configuration: .init(ws: WebSocketServerConfiguration(
+                        maxFrameSize: configuration.hardFrameLimit, autoPing: .enabled(timePeriod: .seconds(30))))),
+                policy: origins)
+        },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "swift-chat"),
         logger: logger)
 }
