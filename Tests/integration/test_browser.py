@@ -97,3 +97,50 @@ def test_room_names_that_try_to_inject_script_run_none(stack, browsers, room):
     driver.get(f"{stack.url}/chat/{room}/")
     time.sleep(0.3)
     assert no_alert(driver)
+
+
+def test_consultation_page_shop_and_visitor_in_two_browser_contexts(stack, browsers):
+    import uuid
+    shop_page, visitor_page = browsers
+    tag = uuid.uuid4().hex[:8]
+    shop, visitor = f"shop-{tag}@example.com", f"visitor-{tag}@example.com"
+
+    def login(driver, email, role):
+        driver.get(f"{stack.url}/consult/")
+        driver.execute_script("sessionStorage.clear()")
+        driver.get(f"{stack.url}/consult/")
+        WebDriverWait(driver, 10).until(EC.visibility_of_element_located((By.ID, "login-email"))).send_keys(email)
+        driver.find_element(By.CSS_SELECTOR, f"#login-role option[value='{role}']").click()
+        driver.find_element(By.ID, "login-submit").click()
+        WebDriverWait(driver, 10).until(EC.visibility_of_element_located((By.ID, "new-room-email")))
+
+    def rooms(driver):
+        return driver.find_elements(By.CSS_SELECTOR, "#room-list li.room")
+
+    login(shop_page, shop, "shop")
+    login(visitor_page, visitor, "visitor")
+    shop_page.find_element(By.ID, "new-room-email").send_keys(visitor)
+    shop_page.find_element(By.ID, "new-room-submit").click()
+    WebDriverWait(shop_page, 10).until(lambda d: len(rooms(d)) == 1)
+    WebDriverWait(visitor_page, 10).until(lambda d: len(rooms(d)) == 1)  # the room list refreshes itself
+
+    rooms(visitor_page)[0].click()
+    box = WebDriverWait(visitor_page, 10).until(EC.visibility_of_element_located((By.ID, "chat-message-input")))
+    time.sleep(0.5)
+    box.send_keys("Hi, do you ship to Busan?")
+    box.send_keys(Keys.ENTER)
+    WebDriverWait(visitor_page, 10).until(lambda d: "Hi, do you ship to Busan?" in d.find_element(By.ID, "chat-log").text)
+
+    # The shop owner sees one unread message in the list, opens the room, and reads it.
+    WebDriverWait(shop_page, 10).until(lambda d: rooms(d) and rooms(d)[0].find_element(By.CLASS_NAME, "unread").get_attribute("data-count") == "1")
+    rooms(shop_page)[0].click()
+    WebDriverWait(shop_page, 10).until(lambda d: "Hi, do you ship to Busan?" in d.find_element(By.ID, "chat-log").text)
+    # ... and the visitor sees the read receipt.
+    WebDriverWait(visitor_page, 10).until(lambda d: "up to #1" in d.find_element(By.ID, "read-receipt").text)
+
+    reply = shop_page.find_element(By.ID, "chat-message-input")
+    reply.send_keys("Yes, in two days.")
+    shop_page.find_element(By.ID, "chat-message-submit").click()
+    WebDriverWait(visitor_page, 10).until(lambda d: "Yes, in two days." in d.find_element(By.ID, "chat-log").text)
+    assert shop in visitor_page.find_element(By.ID, "chat-log").text  # shown with its sender
+    assert no_alert(shop_page) and no_alert(visitor_page)

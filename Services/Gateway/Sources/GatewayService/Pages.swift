@@ -8,6 +8,7 @@ enum Pages {
     static func add<Context: RequestContext>(to router: Router<Context>) {
         router.get("/") { _, _ in Response(status: .seeOther, headers: [.location: "/chat/"]) }
         router.get("/chat") { _, _ in html(.ok, indexPage) }
+        router.get("/consult") { _, _ in html(.ok, ConsultPage.html) }
         router.get("/chat/:room") { _, context -> Response in
             let raw = context.parameters.get("room") ?? ""
             do throws(ChatError) {
