@@ -12,6 +12,8 @@ let package = Package(
         .executable(name: "Gateway", targets: ["Gateway"]),
         .executable(name: "Persistence", targets: ["Persistence"]),
         .executable(name: "Rooms", targets: ["Rooms"]),
+        .executable(name: "LoadGenerator", targets: ["LoadGenerator"]),
+        .executable(name: "BroadcastServer", targets: ["BroadcastServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -128,6 +130,27 @@ let package = Package(
             dependencies: ["RoomService", "ServiceKit"],
             path: "Services/Rooms/Sources/Rooms",
             swiftSettings: swiftSettings
+        ),
+
+        // MARK: Benchmarks
+        .executableTarget(
+            name: "LoadGenerator",
+            dependencies: [
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/LoadGenerator"
+        ),
+        .executableTarget(
+            name: "BroadcastServer",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            path: "Benchmarks/BroadcastServer"
         ),
 
         // MARK: Tests

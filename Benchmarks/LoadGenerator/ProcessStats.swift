@@ -1,0 +1,58 @@
+import Foundation
+
+/// CPU time and resident memory of processes, from /proc.
+enum ProcessStats {
+    static let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
+
+    /// User + system CPU seconds of a process (0 if it is gone).
+    static func cpuSeconds(_ pid: Int32) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state(0) ... utime is field 14 overall, i.e. index 11 here; stime index 12.
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / ticksPerSecond
+    }
+
+    /// Resident set size in KiB.
+    static func rssKiB(_ pid: Int32) -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0
+        }
+        return 0
+    }
+}
+
+/// Samples the servers' RSS while a run goes on, keeping the peak of their sum.
+final class RSSSampler: @unchecked Sendable {
+    // Safety: `peak` and `running` are touched by the sampling thread and read after `stop()` joins it.
+    private var peak = 0
+    private var running = true
+    private let pids: [Int32]
+    private let lock = NSLock()
+    private var thread: Thread?
+
+    init(pids: [Int32]) {
+        self.pids = pids
+    }
+
+    func start() {
+        let thread = Thread { [self] in
+            while lock.withLock({ running }) {
+                let total = pids.reduce(0) { $0 + ProcessStats.rssKiB($1) }
+                lock.withLock { peak = max(peak, total) }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        self.thread = thread
+        thread.start()
+    }
+
+    func stop() -> Int {
+        lock.withLock { running = false }
+        Thread.sleep(forTimeInterval: 0.15)
+        let total = pids.reduce(0) { $0 + ProcessStats.rssKiB($1) }
+        return lock.withLock { max(peak, total) }
+    }
+}

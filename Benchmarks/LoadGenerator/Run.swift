@@ -1,0 +1,167 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import HTTPTypes
+import HummingbirdWSClient
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Monotonic nanoseconds, comparable across the generator's threads.
+@inline(__always) func nowNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+/// A one-shot signal many tasks can wait for.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private let openedAt = Mutex<ContinuousClock.Instant?>(nil)
+
+    /// When the gate opened (the start of the run's schedule).
+    var instant: ContinuousClock.Instant? { openedAt.withLock { $0 } }
+
+    func wait() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let resume = state.withLock { s -> Bool in
+                if s.open { return true }
+                s.waiters.append(c)
+                return false
+            }
+            if resume { c.resume() }
+        }
+    }
+
+    func open() {
+        openedAt.withLock { $0 = $0 ?? .now }
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.open = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    var isOpen: Bool { state.withLock { $0.open } }
+}
+
+/// One client's role in a run.
+struct ClientPlan: Sendable {
+    let index: Int
+    let room: Int
+    let roomName: String
+    let url: String
+    let sender: Int?          // global sender id, or nil for a pure receiver
+    let consultEmail: String? // consult: this client's email
+    let shopEmail: String?
+    let visitorEmail: String?
+}
+
+/// What one client saw; merged into the report at the end.
+struct ClientResult: Sendable {
+    var connected = false
+    var sent = 0
+    var received = 0          // unique chat deliveries of this run
+    var duplicates = 0
+    var misrouted = 0
+    var orderViolations = 0
+    var errors = 0
+    var latenciesMicros: [UInt32] = []
+    var scheduleLagMaxMs = 0.0
+}
+
+/// Shared progress counters (atomics: updated by every client).
+final class Progress: Sendable {
+    let connected = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+    let received = Atomic<Int>(0)
+    let echoes = Atomic<Int>(0)
+}
+
+struct RunSetup: Sendable {
+    let runID: String
+    let plans: [ClientPlan]
+    let membersPerRoom: Int
+}
+
+enum Setup {
+    /// Plans the clients; for consultation rooms, creates the rooms (and tokens) first.
+    static func make(_ o: Options, clients perRoom: Int) async throws -> RunSetup {
+        let runID = String(UUID().uuidString.prefix(6)).lowercased()
+        var plans: [ClientPlan] = []
+        var senderID = 0
+        for room in 0..<o.rooms {
+            if o.protocolKind == "consult" {
+                let shop = "shop-\(runID)-\(room)@bench.example", visitor = "visitor-\(runID)-\(room)@bench.example"
+                let (roomID, tokens) = try await createConsultRoom(o, shop: shop, visitor: visitor)
+                for (i, (email, token)) in [(shop, tokens.0), (visitor, tokens.1)].enumerated() {
+                    var url = "\(o.wsBase)/ws/room/\(roomID)/messages"
+                    if let token { url += "?token=\(token)" }
+                    plans.append(ClientPlan(index: plans.count, room: room, roomName: "\(roomID)", url: url,
+                                            sender: i < o.senders ? senderID : nil, consultEmail: email, shopEmail: shop, visitorEmail: visitor))
+                    if i < o.senders { senderID += 1 }
+                }
+            } else {
+                let name = "bench_\(runID)_\(room)"  // \w+ only: the reference routes rooms with the tutorial's regex
+                for i in 0..<perRoom {
+                    plans.append(ClientPlan(index: plans.count, room: room, roomName: name, url: "\(o.wsBase)/ws/chat/\(name)/",
+                                            sender: i < o.senders ? senderID : nil, consultEmail: nil, shopEmail: nil, visitorEmail: nil))
+                    if i < o.senders { senderID += 1 }
+                }
+            }
+        }
+        return RunSetup(runID: runID, plans: plans, membersPerRoom: o.protocolKind == "consult" ? 2 : perRoom)
+    }
+
+    static func createConsultRoom(_ o: Options, shop: String, visitor: String) async throws -> (Int, (String?, String?)) {
+        if o.api == "anchor" {
+            let room = try await post(o, "/chat/rooms/", ["shop_user_email": shop, "visitor_user_email": visitor], token: nil)
+            guard let id = room["id"] as? Int else { throw SetupError("no room id in \(room)") }
+            return (id, (nil, nil))
+        }
+        let shopToken = try await post(o, "/api/dev/token", ["email": shop, "role": "shop"], token: nil)["token"] as? String
+        let visitorToken = try await post(o, "/api/dev/token", ["email": visitor, "role": "visitor"], token: nil)["token"] as? String
+        let room = try await post(o, "/api/rooms", ["shop_user_email": shop, "visitor_user_email": visitor], token: shopToken)
+        guard let id = room["id"] as? Int else { throw SetupError("no room id in \(room)") }
+        return (id, (shopToken, visitorToken))
+    }
+
+    static func post(_ o: Options, _ path: String, _ body: [String: String], token: String?) async throws -> [String: Any] {
+        var request = URLRequest(url: URL(string: o.url + path)!)
+        request.httpMethod = "POST"
+        request.httpBody = try JSONSerialization.data(withJSONObject: body)
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.setValue(o.originHeader, forHTTPHeaderField: "Origin")
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        let (data, _) = try await URLSession.shared.data(for: request)
+        guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw SetupError("not JSON from \(path)") }
+        return object
+    }
+}
+
+struct SetupError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+struct Delivery {
+    var runID: Substring
+    var room: Int
+    var sender: Int
+    var n: Int
+    var sentAt: UInt64
+}
+
+/// `"message": "<run>|<room>|<sender>|<n>|<t>"` → its parts, scanning the frame (no JSON decoding per frame;
+/// ours writes no space after the colon, Django's writes one).
+func parseDelivery(_ frame: String) -> Delivery? {
+    guard let key = frame.range(of: "\"message\"") else { return nil }
+    var i = key.upperBound
+    let end = frame.endIndex
+    while i < end, frame[i] == ":" || frame[i] == " " { i = frame.index(after: i) }
+    guard i < end, frame[i] == "\"" else { return nil }
+    i = frame.index(after: i)
+    guard let close = frame[i...].firstIndex(of: "\"") else { return nil }
+    let parts = frame[i..<close].split(separator: "|")
+    guard parts.count == 5, let room = Int(parts[1]), let sender = Int(parts[2]), let n = Int(parts[3]), let t = UInt64(parts[4]) else { return nil }
+    return Delivery(runID: parts[0], room: room, sender: sender, n: n, sentAt: t)
+}

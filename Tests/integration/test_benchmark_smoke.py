@@ -1,0 +1,57 @@
+"""A tiny run of the benchmark tools, so they keep working: exact counts, nothing lost. Speed is measured by
+./scripts/bench, never asserted here."""
+import json
+import subprocess
+
+from conftest import BIN, free_port, run
+
+
+def load(args, tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run([str(BIN / "LoadGenerator"), *args, "--json", str(out), "--duration", "1", "--drain", "5", "--settle", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text())
+
+
+def exact(report, sent_per_sender_at_least=1):
+    assert report["connectionsFailed"] == 0
+    assert report["messagesSent"] >= sent_per_sender_at_least
+    assert report["deliveriesReceived"] == report["deliveriesExpected"]
+    assert (report["lost"], report["duplicated"], report["misrouted"], report["orderViolations"]) == (0, 0, 0, 0)
+    assert 0 < report["latencyP50Ms"] <= report["latencyP99Ms"] <= report["latencyMaxMs"]
+
+
+def test_named_rooms_on_our_stack(stack, tmp_path):
+    [report] = load(["--url", stack.url, "--rooms", "3", "--clients", "4", "--rate", "10",
+                     "--pids", str(stack.procs["gateway0"].pid)], tmp_path)
+    exact(report)
+    assert report["deliveriesExpected"] == report["messagesSent"] * 4
+    assert report["serverPeakRSSMiB"] > 0
+
+
+def test_consultation_rooms_on_our_stack_closed_loop(stack, tmp_path):
+    [report] = load(["--url", stack.url, "--protocol", "consult", "--rooms", "3", "--window", "4"], tmp_path)
+    exact(report)
+    assert report["deliveriesExpected"] == report["messagesSent"] * 2
+
+
+def test_a_sweep_and_the_bare_broadcast_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "BroadcastServer"), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+        time.sleep(1)
+        reports = load(["--url", f"http://127.0.0.1:{port}", "--rooms", "2", "--clients", "3", "--sweep", "5,10"], tmp_path)
+        assert [r["ratePerSender"] for r in reports] == [5, 10]
+        for r in reports:
+            exact(r)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_idle_mode_checks_every_connection_answers(stack, tmp_path):
+    [report] = load(["--url", stack.url, "--idle", "30", "--hold", "1", "--pids", str(stack.procs["gateway0"].pid)], tmp_path)
+    assert report["connectionsOpened"] == 30 and report["idleConnectionsAnswering"] == 30
+    assert report["serverRSSPerConnectionKiB"] is not None

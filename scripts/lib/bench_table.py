@@ -1,0 +1,115 @@
+"""Turns the load generator's JSON reports into docs/benchmarks.md: per shape, each system's saturation
+(highest offered rate with nothing lost, duplicated, misrouted or reordered and p99 under the limit), our
+p99 at the reference's best rate, the ratio ours/reference, and ours as a fraction of the bare server."""
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+results, commands_file, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+P99_LIMIT = 100.0
+SHAPES = {
+    "a": "(a) 10 rooms × 10 clients, all send",
+    "b": "(b) 100 rooms × 10 clients, all send",
+    "c": "(c) 1 room × 200 clients, 20 send",
+    "e": "(e) consultation: 100 rooms × 2 clients, every message stored",
+}
+
+
+def load(system, shape):
+    runs = []
+    for path in sorted(glob.glob(f"{results}/{system}-{shape}-*.json")):
+        with open(path) as f:
+            runs.append(json.load(f))
+    return runs
+
+
+def clean(r):
+    return (r["lost"] == 0 and r["duplicated"] == 0 and r["misrouted"] == 0 and r["orderViolations"] == 0
+            and r["connectionsFailed"] == 0 and r["latencyP99Ms"] <= P99_LIMIT)
+
+
+def saturation(run):
+    """The clean report with the highest rate in one sweep (None if no rate ran clean)."""
+    good = [r for r in run if clean(r)]
+    return max(good, key=lambda r: r["ratePerSender"]) if good else None
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, digits=0, unit=""):
+    if v is None:
+        return "—"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def at_rate(run, rate):
+    for r in run:
+        if r["ratePerSender"] == rate:
+            return r
+    return None
+
+
+lines = []
+load_avg = " ".join(open("/proc/loadavg").read().split()[:3])
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "?")
+lines += [
+    "# Benchmarks: ours side by side with the Django Channels reference",
+    "",
+    f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {os.cpu_count()} cores ({cpu}), "
+    f"{int(mem) // 1024 // 1024} GiB, load average before the table was written: {load_avg}. "
+    f"Every figure is the median of {repeat} run(s) of each sweep. All servers, RabbitMQ, Redis, the databases "
+    "and the load generator share this one machine (the generator's own CPU use is in the raw reports).",
+    "",
+    "- **reference**: `../shared/anchor/run_anchor.sh --layer redis` (Django 5.2, Channels 4.3, channels_redis, one uvicorn worker, SQLite).",
+    "- **ours**: `./scripts/bench` starts a private RabbitMQ and the gateway, persistence and room services (release build, SQLite); every message is stored before it is broadcast.",
+    "- **bare**: `BroadcastServer`, an in-process WebSocket broadcast server with no broker and no database: the ceiling on this machine.",
+    "",
+    f"Saturation = the highest offered rate (messages/s per sender, open loop) with 0 lost, 0 duplicated, 0 misrouted, 0 out of order and p99 ≤ {P99_LIMIT:.0f} ms; the figure is the deliveries/s measured at that rate.",
+    "",
+    "| shape | reference deliveries/s (p99) | ours deliveries/s (p99) | ours / reference | bare deliveries/s | ours / bare | ours p99 at the reference's best rate |",
+    "|---|---|---|---|---|---|---|",
+]
+for key, title in SHAPES.items():
+    ref_runs, our_runs, bare_runs = load("reference", key), load("ours", key), load("bare", key)
+    ref_sat = [saturation(r) for r in ref_runs]
+    our_sat = [saturation(r) for r in our_runs]
+    bare_sat = [saturation(r) for r in bare_runs]
+    ref = median([s["deliveriesPerSecond"] if s else None for s in ref_sat])
+    ours = median([s["deliveriesPerSecond"] if s else None for s in our_sat])
+    bare = median([s["deliveriesPerSecond"] if s else None for s in bare_sat])
+    ref_p99 = median([s["latencyP99Ms"] if s else None for s in ref_sat])
+    our_p99 = median([s["latencyP99Ms"] if s else None for s in our_sat])
+    best_rate = median([s["ratePerSender"] if s else None for s in ref_sat])
+    ours_at_ref = median([(at_rate(r, best_rate) or {}).get("latencyP99Ms") for r in our_runs]) if best_rate else None
+    ratio = f"{ours / ref:.1f}×" if ours and ref else "—"
+    frac = f"{100 * ours / bare:.0f}%" if ours and bare else "—"
+    p99_cmp = f"{fmt(ours_at_ref, 1, ' ms')} vs {fmt(ref_p99, 1, ' ms')}" if best_rate else "—"
+    lines.append(f"| {title} | {fmt(ref)} ({fmt(ref_p99, 1, ' ms')}) | {fmt(ours)} ({fmt(our_p99, 1, ' ms')}) | {ratio} | "
+                 f"{fmt(bare) if key != 'e' else 'n/a'} | {frac if key != 'e' else 'n/a'} | {p99_cmp} |")
+
+lines += ["", "## Idle sockets", "", "| system | connections held | answering | serving process RSS per connection |", "|---|---|---|---|"]
+for system, shape in [("reference", "d"), ("ours", "d"), ("ours", "d-max")]:
+    for r in [x for run in load(system, shape) for x in run]:
+        lines.append(f"| {system} | {r['connectionsOpened']} (failed {r['connectionsFailed']}) | {r.get('idleConnectionsAnswering')} | "
+                     f"{fmt(r.get('serverRSSPerConnectionKiB'), 1, ' KiB')} |")
+
+lines += ["", "## Every run", "", "| system | shape | rate/sender | sent | expected | received | lost | dup | order | p50 | p99 | deliveries/s | server CPU | generator CPU |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for path in sorted(glob.glob(f"{results}/*.json")):
+    system, shape = os.path.basename(path).split("-")[0], os.path.basename(path).split("-", 1)[1].rsplit("-", 1)[0]
+    for r in json.load(open(path)):
+        lines.append(f"| {system} | {shape} | {r.get('ratePerSender') or '—'} | {r['messagesSent']} | {r['deliveriesExpected']} | "
+                     f"{r['deliveriesReceived']} | {r['lost']} | {r['duplicated']} | {r['orderViolations']} | {r['latencyP50Ms']:.1f} | "
+                     f"{r['latencyP99Ms']:.1f} | {r['deliveriesPerSecond']:.0f} | {r['serverCPUPercent']:.0f}% | {r['generatorCPUPercent']:.0f}% |")
+
+lines += ["", "## Commands", "", "```"] + [l.rstrip() for l in open(commands_file)] + ["```", ""]
+print("\n".join(lines))
