@@ -64,3 +64,30 @@ def test_a_gateway_whose_broker_is_unreachable_still_stops_on_sigterm():
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=25)  # bounded: graceful shutdown gives up after 10 s and cancels
+
+
+def test_past_its_connection_cap_the_gateway_answers_503_and_keeps_serving_its_sockets(stack):
+    import pytest
+    import websockets
+    from conftest import Client, unique_room
+    port = stack.start_gateway(CHAT_MAX_CONNECTIONS="3")
+    room = unique_room("cap")
+    url = f"ws://127.0.0.1:{port}/ws/chat/{room}/"
+
+    async def scenario():
+        held = [await Client.connect(url) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url)
+        assert refused.value.response.status_code == 503
+        await held[0].send("still served")
+        for c in held:
+            assert (await c.recv_messages(1))[0]["message"] == "still served"
+        await held[2].close()
+        await asyncio.sleep(0.3)
+        again = await Client.connect(url)  # room again once one left
+        await again.close()
+        for c in held[:2]:
+            await c.close()
+
+    run(scenario())

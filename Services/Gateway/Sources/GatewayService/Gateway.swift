@@ -34,6 +34,8 @@ public func buildApplication(_ configuration: GatewayConfiguration, logger: Logg
 
 func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, authenticator: Authenticator, logger: Logger) -> some Service {
     let origins = OriginPolicy(allowed: configuration.allowedOrigins)
+    let limiter = ConnectionLimiter(maximum: configuration.maxConnections ?? ConnectionLimiter.defaultMaximum())
+    logger.info("WebSocket limit", metadata: ["chat.max_connections": "\(limiter.maximum)"])
     let router = Router()
     HealthRoutes.add(to: router, service: "gateway", connection: backend.connection)
     Pages.add(to: router)
@@ -53,6 +55,8 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
     sockets.ws("/ws/chat/:room") { request, _ in
         origins.allows(request.headers[.origin]) ? .upgrade([:]) : .dontUpgrade
     } onUpgrade: { inbound, outbound, context in
+        limiter.enter()
+        defer { limiter.leave() }
         let session = RoomSession(backend: backend, outbound: outbound, logger: context.logger)
         var identity: Identity? = nil
         do throws(AuthError) {
@@ -69,6 +73,8 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
     sockets.ws("/ws/room/:id/messages") { request, _ in
         origins.allows(request.headers[.origin]) ? .upgrade([:]) : .dontUpgrade
     } onUpgrade: { inbound, outbound, context in
+        limiter.enter()
+        defer { limiter.leave() }
         let session = RoomSession(backend: backend, outbound: outbound, logger: context.logger)
         let identity: Identity
         do throws(AuthError) {
@@ -88,7 +94,7 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
                     responder: responder, webSocketResponder: socketResponder,
                     configuration: .init(ws: WebSocketServerConfiguration(
                         maxFrameSize: configuration.hardFrameLimit, autoPing: .enabled(timePeriod: .seconds(30))))),
-                policy: origins)
+                policy: origins, limiter: limiter)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "swift-chat"),
         logger: logger)

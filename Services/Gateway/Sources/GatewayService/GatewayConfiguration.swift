@@ -34,12 +34,15 @@ public struct GatewayConfiguration: Sendable {
     public var allowedOrigins: [String]
     /// `CHAT_MAX_BODY_BYTES` (default 16384): larger REST request bodies get 413.
     public var maxBodyBytes: Int
+    /// `CHAT_MAX_CONNECTIONS`: WebSockets this process holds; past it upgrades get 503 (default: the
+    /// open-files limit less 512).
+    public var maxConnections: Int?
 
     public init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
                 requestTimeout: Duration = .seconds(5), mailboxCapacity: Int = 1024, heartbeatInterval: Duration = .seconds(5),
                 jwtSecret: String = UUID().uuidString + UUID().uuidString, devTokens: Bool = false, allowAnonymous: Bool = false,
-                allowedOrigins: [String]? = nil, maxBodyBytes: Int = 16384) {
+                allowedOrigins: [String]? = nil, maxBodyBytes: Int = 16384, maxConnections: Int? = nil) {
         self.host = host
         self.port = port
         self.amqpURL = amqpURL
@@ -54,6 +57,7 @@ public struct GatewayConfiguration: Sendable {
         self.allowAnonymous = allowAnonymous
         self.allowedOrigins = allowedOrigins ?? [host, "localhost", "127.0.0.1", "[::1]"]
         self.maxBodyBytes = maxBodyBytes
+        self.maxConnections = maxConnections
     }
 
     public static func fromEnvironment(_ env: EnvironmentReader = .init()) -> Self {
@@ -72,7 +76,8 @@ public struct GatewayConfiguration: Sendable {
             allowAnonymous: env.bool("CHAT_ALLOW_ANONYMOUS", default: false),
             allowedOrigins: env.string("CHAT_ALLOWED_ORIGINS", default: "").split(separator: ",")
                 .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.nilIfEmpty,
-            maxBodyBytes: env.int("CHAT_MAX_BODY_BYTES", default: 16384))
+            maxBodyBytes: env.int("CHAT_MAX_BODY_BYTES", default: 16384),
+            maxConnections: env.int("CHAT_MAX_CONNECTIONS", default: 0) > 0 ? env.int("CHAT_MAX_CONNECTIONS", default: 0) : nil)
     }
 
     public static func randomID() -> String {
