@@ -46,6 +46,7 @@ let package = Package(
         ),
         .target(
             name: "ChatProtocol",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             path: "Shared/ChatProtocol",
             swiftSettings: swiftSettings
         ),

@@ -17,7 +17,6 @@ struct ClientRunner: Sendable {
     let stop: Gate
     let progress: Progress
     let group: any EventLoopGroup
-    let roomsOfSenders: [Int]  // sender id → room
     let rate: Double?
 
     func run() async -> ClientResult {

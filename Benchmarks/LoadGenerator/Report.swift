@@ -33,6 +33,7 @@ struct Report: Codable, Sendable {
     var scheduleLagMaxMs = 0.0
     // Idle mode
     var idleConnectionsAnswering: Int?
+    var connectionsReceiving = 0
     var serverRSSPerConnectionKiB: Double?
 
     var clean: Bool { lost == 0 && duplicated == 0 && misrouted == 0 && orderViolations == 0 && connectionsFailed == 0 }

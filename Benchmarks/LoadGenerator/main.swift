@@ -15,10 +15,9 @@ func shapeName(_ o: Options) -> String {
 func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     let setup = try await Setup.make(o, clients: o.clientsPerRoom)
     let start = Gate(), stop = Gate(), progress = Progress()
-    let senderRooms = setup.plans.compactMap { p in p.sender.map { _ in p.room } }
     let runners = setup.plans.map {
         ClientRunner(plan: $0, options: o, runID: setup.runID, start: start, stop: stop, progress: progress, group: group,
-                     roomsOfSenders: senderRooms, rate: rate)
+                     rate: rate)
     }
     let results = Mutex<[ClientResult]>([])
     let allDone = Task {
@@ -76,6 +75,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
                         ratePerSender: rate, window: o.window)
     report.connectionsOpened = all.filter(\.connected).count
     report.connectionsFailed = runners.count - report.connectionsOpened
+    report.connectionsReceiving = all.filter { $0.received > 0 }.count
     report.messagesSent = all.reduce(0) { $0 + $1.sent }
     // Every room has `membersPerRoom` members, and each message is expected by all of them (its sender too).
     report.deliveriesExpected = report.messagesSent * setup.membersPerRoom
@@ -115,16 +115,17 @@ func runIdle(_ o: Options, count: Int) async throws -> Report {
     let before = gateway.map(ProcessStats.rssKiB) ?? 0
     // The held connections answer through the same machinery as a load run with one message per room.
     idle.rate = 0.999
-    idle.settle = o.hold
+    // Every socket joins its room (room service, binding, history) after its handshake: give the joins time.
+    idle.settle = o.hold + Double(count) / 1500
     let rssProbe = Task { () -> Int in
-        try? await Task.sleep(for: .milliseconds(Int((o.hold * 0.8) * 1000)))
+        try? await Task.sleep(for: .milliseconds(Int((idle.settle * 0.9) * 1000)))
         return gateway.map(ProcessStats.rssKiB) ?? 0
     }
     var report = try await runLoad(idle, rate: 0.999)
     let held = await rssProbe.value
     report.mode = "idle"
     report.shape = "idle \(count) connections held \(Int(o.hold)) s"
-    report.idleConnectionsAnswering = report.connectionsOpened - min(report.connectionsOpened, report.lost)
+    report.idleConnectionsAnswering = report.connectionsReceiving
     if report.connectionsOpened > 0 {
         report.serverRSSPerConnectionKiB = Double(held - before) / Double(report.connectionsOpened)
     }

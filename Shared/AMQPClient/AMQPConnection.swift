@@ -165,6 +165,19 @@ public final class AMQPConnection: Service, Sendable {
         }
     }
 
+    /// Enqueues messages for publishing **now** (so calls keep their order on the wire) and returns a
+    /// confirmation to await later: a caller can publish message after message without waiting a broker
+    /// round trip (and, for persistent messages, its disk sync) between them.
+    @discardableResult
+    public func publishPipelined(_ messages: [AMQPOutgoingMessage], confirmation: AMQPConfirmation = AMQPConfirmation()) -> AMQPConfirmation {
+        if messages.isEmpty {
+            confirmation.complete(.success(()))
+        } else {
+            enqueue(.publishTracked(messages, confirmation))
+        }
+        return confirmation
+    }
+
     // MARK: Consuming
 
     /// Starts a consumer with manual acknowledgements (unless `autoAck`) and at most `prefetch` unacknowledged
@@ -293,6 +306,7 @@ enum AMQPCommand: Sendable {
     case bind(BindingSpec, CheckedContinuation<Void, any Error>)
     case unbind(BindingSpec, CheckedContinuation<Void, any Error>)
     case publish([AMQPOutgoingMessage], CheckedContinuation<Void, any Error>)
+    case publishTracked([AMQPOutgoingMessage], AMQPConfirmation)
     case consume(ConsumerRecord)
     case cancelConsumer(Int)
     case ack(channel: UInt16, generation: UInt64, tag: UInt64, multiple: Bool)
@@ -305,10 +319,50 @@ enum AMQPCommand: Sendable {
             c.resume(throwing: error)
         case .messageCount(_, let c):
             c.resume(throwing: error)
+        case .publishTracked(_, let confirmation):
+            confirmation.complete(.failure(error))
         case .consume(let record):
             record.continuation.finish()
         case .cancelConsumer, .ack, .nack:
             break
         }
+    }
+}
+
+/// The broker's answer to a pipelined publish: await it with ``wait()`` (any number of times, from any task).
+public final class AMQPConfirmation: Sendable {
+    private enum State {
+        case pending([CheckedContinuation<Void, any Error>])
+        case done(Result<Void, AMQPError>)
+    }
+    private let state = Mutex<State>(.pending([]))
+
+    public init() {}
+
+    /// Returns once every message was confirmed; throws if one was nacked, returned, or the connection dropped.
+    public func wait() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let result = state.withLock { state -> Result<Void, AMQPError>? in
+                switch state {
+                case .pending(var waiters):
+                    waiters.append(continuation)
+                    state = .pending(waiters)
+                    return nil
+                case .done(let result):
+                    return result
+                }
+            }
+            if let result { continuation.resume(with: result) }
+        }
+    }
+
+    /// Completes it (the connection does; a caller may, for a message that never reached the connection).
+    public func complete(_ result: Result<Void, AMQPError>) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
+            guard case .pending(let waiters) = state else { return [] }
+            state = .done(result)
+            return waiters
+        }
+        for waiter in waiters { waiter.resume(with: result) }
     }
 }

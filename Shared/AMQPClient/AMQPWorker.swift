@@ -257,7 +257,9 @@ final class AMQPWorker: @unchecked Sendable {
                 }
             }
         case .publish(let messages, let c):
-            try publish(messages, continuation: c)
+            try publish(messages, batch: ConfirmBatch(remaining: messages.count, continuation: c))
+        case .publishTracked(let messages, let confirmation):
+            try publish(messages, batch: ConfirmBatch(remaining: messages.count, confirmation: confirmation))
         case .consume(let record):
             consumers[record.id] = record
             try startConsumerOrDrop(record)
@@ -336,8 +338,7 @@ final class AMQPWorker: @unchecked Sendable {
 
     // MARK: Publishing
 
-    private func publish(_ messages: [AMQPOutgoingMessage], continuation: CheckedContinuation<Void, any Error>) throws(Failure) {
-        let batch = ConfirmBatch(remaining: messages.count, continuation: continuation)
+    private func publish(_ messages: [AMQPOutgoingMessage], batch: ConfirmBatch) throws(Failure) {
         for message in messages {
             let tag = nextPublishTag
             nextPublishTag += 1
@@ -581,22 +582,34 @@ final class AMQPWorker: @unchecked Sendable {
     }
 }
 
-/// Callers waiting for the confirms of one `publish` call.
+/// The caller waiting for the confirms of one `publish` call (a continuation, or a pipelined confirmation).
 final class ConfirmBatch {
     var remaining: Int
     var failure: AMQPError?
     var returnedError: AMQPError?
     private var continuation: CheckedContinuation<Void, any Error>?
+    private var confirmation: AMQPConfirmation?
 
     init(remaining: Int, continuation: CheckedContinuation<Void, any Error>) {
         self.remaining = remaining
         self.continuation = continuation
     }
 
+    init(remaining: Int, confirmation: AMQPConfirmation) {
+        self.remaining = remaining
+        self.confirmation = confirmation
+    }
+
     func finish() {
-        guard let continuation else { return }
-        self.continuation = nil
-        if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
+        let result: Result<Void, AMQPError> = failure.map { .failure($0) } ?? .success(())
+        if let continuation {
+            self.continuation = nil
+            continuation.resume(with: result.mapError { $0 as any Error })
+        }
+        if let confirmation {
+            self.confirmation = nil
+            confirmation.complete(result)
+        }
     }
 }
 

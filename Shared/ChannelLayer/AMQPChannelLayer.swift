@@ -50,8 +50,15 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         }
         let headers = delivery.properties.headers
         if let group = headers[ChatTopology.groupHeader]?.stringValue {
-            let message = ChannelMessage(body: delivery.body, group: group, seq: headers[ChatTopology.seqHeader]?.intValue)
-            registry.dispatch(message, to: group)
+            let seq = headers[ChatTopology.seqHeader]?.intValue
+            if headers[ChatTopology.countHeader] != nil, let first = seq {
+                // A run of consecutive messages of one room: one frame per line, seqs from `first`.
+                for (offset, frame) in FrameBatch.split(delivery.body).enumerated() {
+                    registry.dispatch(ChannelMessage(body: frame, group: group, seq: first + Int64(offset)), to: group)
+                }
+            } else {
+                registry.dispatch(ChannelMessage(body: delivery.body, group: group, seq: seq), to: group)
+            }
         } else if let local = headers[ChatTopology.channelHeader]?.intValue {
             _ = registry.deliver(ChannelMessage(body: delivery.body), toLocalID: Int(local))
         } else {
@@ -86,6 +93,16 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         return AMQPOutgoingMessage(
             exchange: ChatTopology.groupsExchange, routingKey: RoomName.groupKey(for: group), body: message.body,
             properties: AMQPProperties(headers: headers))
+    }
+
+    /// One AMQP message carrying a run of consecutive stored messages of one group (seqs `firstSeq`, …).
+    public static func groupRunMessage(_ group: String, frames: [String], firstSeq: Int64) -> AMQPOutgoingMessage {
+        AMQPOutgoingMessage(
+            exchange: ChatTopology.groupsExchange, routingKey: RoomName.groupKey(for: group), body: ByteBuffer(string: FrameBatch.join(frames)),
+            properties: AMQPProperties(headers: [
+                ChatTopology.groupHeader: .string(group), ChatTopology.seqHeader: .int(firstSeq),
+                ChatTopology.countHeader: .int(Int64(frames.count)),
+            ]))
     }
 
     public func send(toChannel name: String, message: ChannelMessage) async throws {

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// What a browser sends on `/ws/chat/<room>/`: `{"message": "<text>"}`.
 public enum ClientFrame {
@@ -121,5 +122,25 @@ public enum Timestamp {
         }
         return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis % 1000), 3))Z"
+    }
+}
+
+/// Several frames in one AMQP message: one per line (JSON frames contain no raw newline), oldest first; the
+/// message's `x-seq` header is the first frame's seq and `x-count` their number. History replies and room
+/// broadcasts both use it.
+public enum FrameBatch {
+    public static func join(_ frames: [String]) -> String {
+        frames.joined(separator: "\n")
+    }
+
+    public static func split(_ body: ByteBuffer) -> [ByteBuffer] {
+        var body = body
+        var frames: [ByteBuffer] = []
+        while body.readableBytes > 0 {
+            let end = body.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) ?? body.writerIndex
+            frames.append(body.readSlice(length: end - body.readerIndex)!)
+            body.moveReaderIndex(forwardBy: min(1, body.readableBytes))
+        }
+        return frames
     }
 }

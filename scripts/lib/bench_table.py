@@ -22,7 +22,7 @@ SHAPES = {
 
 def load(system, shape):
     runs = []
-    for path in sorted(glob.glob(f"{results}/{system}-{shape}-*.json")):
+    for path in sorted(glob.glob(f"{results}/{system}-{shape}-[0-9]*.json")):
         with open(path) as f:
             runs.append(json.load(f))
     return runs

@@ -32,6 +32,16 @@ struct RoomSession: Sendable {
     let backend: GatewayBackend
     let outbound: WebSocketOutboundWriter
     let logger: Logger
+    /// Broker confirmations of this socket's messages, in order; a watcher reports the ones that fail.
+    let confirmations: AsyncStream<AMQPConfirmation>.Continuation
+    private let pendingConfirmations: AsyncStream<AMQPConfirmation>
+
+    init(backend: GatewayBackend, outbound: WebSocketOutboundWriter, logger: Logger) {
+        self.backend = backend
+        self.outbound = outbound
+        self.logger = logger
+        (pendingConfirmations, confirmations) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
+    }
 
     /// Runs the session in `group`; `handle` gets each client text frame within the size limit.
     func run(group: String, inbound: WebSocketInboundStream, handle: @escaping @Sendable (ByteBuffer) async -> Void) async {
@@ -79,8 +89,12 @@ struct RoomSession: Sendable {
             tasks.addTask {
                 await readClient(inbound: inbound, handle: handle)
             }
+            tasks.addTask {
+                await watchConfirmations()
+            }
             // Whichever ends first (client gone, or mailbox closed) ends the session.
             await tasks.next()
+            confirmations.finish()
             tasks.cancelAll()
             channel.close()
         }
@@ -150,15 +164,22 @@ struct RoomSession: Sendable {
         try? await outbound.close(code, reason: String(text.prefix(100)))
     }
 
-    /// Hands a message to the persistence service; tells the client when the broker did not take it.
+    /// Hands a message to the persistence service without waiting for the broker: the next frame is read at
+    /// once, and ``watchConfirmations()`` tells the client about any message the broker did not take.
     func submit(group: String, sender: Email?, text: String) async {
         let message = InboundChatMessage(id: UUID().uuidString.lowercased(), group: group, sender: sender?.value, text: text,
                                          receivedAt: Timestamp.nowMillis())
-        do {
-            try await backend.submit(message)
-        } catch {
-            logger.warning("message not accepted by the broker", metadata: ["error": "\(error)"])
-            await sendError("message not accepted, try again")
+        confirmations.yield(backend.submit(message))
+    }
+
+    func watchConfirmations() async {
+        for await confirmation in pendingConfirmations {
+            do {
+                try await confirmation.wait()
+            } catch {
+                logger.warning("message not accepted by the broker", metadata: ["error": "\(error)"])
+                await sendError("message not accepted, try again")
+            }
         }
     }
 }

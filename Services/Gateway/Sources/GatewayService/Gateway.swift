@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import ServiceKit
 import ServiceLifecycle
+import Synchronization
 
 /// Builds the gateway: its broker connection, its channel layer (one exclusive queue for this process),
 /// the heartbeat to the room service, and the HTTP + WebSocket server.
@@ -110,10 +111,13 @@ final class GatewayBackend: Service {
     let encoder = JSONEncoder()
     let decoder = JSONDecoder()
 
+    let inboundBatcher: InboundBatcher
+
     init(configuration: GatewayConfiguration, layer: AMQPChannelLayer, logger: Logger) {
         self.configuration = configuration
         self.layer = layer
         self.logger = logger
+        self.inboundBatcher = InboundBatcher(connection: layer.connection)
     }
 
     func run() async throws {
@@ -135,13 +139,14 @@ final class GatewayBackend: Service {
         try await connection.declareQueue(ChatTopology.roomsQueue, durable: true)
     }
 
-    /// Hands a client message to the persistence service; returns once the broker has it on disk.
-    func submit(_ message: InboundChatMessage) async throws {
-        let body = try encoder.encode(message)
-        try await connection.publish(AMQPOutgoingMessage(
-            exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.inboundRoutingKey, body: ByteBuffer(bytes: body),
-            properties: AMQPProperties(messageID: message.id, persistent: true), mandatory: true))
+    /// Hands a client message to the persistence service. Messages from every socket of this gateway that arrive
+    /// together go out as one AMQP message (a JSON array), which is what keeps the broker's cost per chat
+    /// message low; a socket's messages keep their order. The confirmation (the broker has the batch on disk)
+    /// is awaited apart.
+    func submit(_ message: InboundChatMessage) -> AMQPConfirmation {
+        inboundBatcher.add(message)
     }
+
 
     func join(group: String) async throws -> RoomReply {
         let reply = try await request(RoomRequest(op: .join, gateway: configuration.gatewayID, room: group), to: ChatTopology.roomsQueue)
@@ -157,15 +162,7 @@ final class GatewayBackend: Service {
         let reply = try await request(HistoryRequest(group: group, limit: limit, beforeSeq: beforeSeq), to: ChatTopology.historyQueue)
         let count = Int(reply.properties.headers[ChatTopology.countHeader]?.intValue ?? 0)
         guard count > 0 else { return (nil, []) }
-        var body = reply.body
-        var frames: [ByteBuffer] = []
-        frames.reserveCapacity(count)
-        while body.readableBytes > 0 {
-            let end = body.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) ?? body.writerIndex
-            frames.append(body.readSlice(length: end - body.readerIndex)!)
-            body.moveReaderIndex(forwardBy: min(1, body.readableBytes))
-        }
-        return (reply.properties.headers[ChatTopology.seqHeader]?.intValue, frames)
+        return (reply.properties.headers[ChatTopology.seqHeader]?.intValue, FrameBatch.split(reply.body))
     }
 
     // MARK: Consultation rooms (room service)
@@ -228,6 +225,62 @@ public enum GatewayConfigurationError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .jwtSecretTooShort(let bytes): "CHAT_JWT_SECRET must be at least 32 bytes for HS256 (it has \(bytes))"
+        }
+    }
+}
+
+/// Coalesces the client messages that arrive together, from every socket of this gateway, into one AMQP
+/// message (a JSON array) on `chat.inbound`. A batch is flushed when it reaches `maxBatch` or as soon as the
+/// submitting task yields, so a lone message waits for nothing. Flushes enqueue in order, so a socket's
+/// messages keep their order; every message of a batch shares the batch's confirmation.
+final class InboundBatcher: Sendable {
+    struct State {
+        var messages: [InboundChatMessage] = []
+        var confirmation: AMQPConfirmation?
+        var scheduled = false
+    }
+    let connection: AMQPConnection
+    let maxBatch = 256
+    private let state = Mutex(State())
+
+    init(connection: AMQPConnection) {
+        self.connection = connection
+    }
+
+    func add(_ message: InboundChatMessage) -> AMQPConfirmation {
+        let (confirmation, schedule, full) = state.withLock { s -> (AMQPConfirmation, Bool, Bool) in
+            let confirmation = s.confirmation ?? AMQPConfirmation()
+            s.confirmation = confirmation
+            s.messages.append(message)
+            if s.messages.count >= maxBatch { return (confirmation, false, true) }
+            if !s.scheduled {
+                s.scheduled = true
+                return (confirmation, true, false)
+            }
+            return (confirmation, false, false)
+        }
+        if full { flush() }
+        if schedule { Task { self.flush() } }
+        return confirmation
+    }
+
+    func flush() {
+        state.withLock { s in
+            s.scheduled = false
+            guard !s.messages.isEmpty, let confirmation = s.confirmation else { return }
+            let batch = s.messages
+            s.messages = []
+            s.messages.reserveCapacity(32)
+            s.confirmation = nil
+            guard let body = try? JSONEncoder().encode(batch) else {
+                confirmation.complete(.failure(.nacked))
+                return
+            }
+            // Enqueued under the lock: batches reach the broker in the order they were cut.
+            connection.publishPipelined([AMQPOutgoingMessage(
+                exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.inboundRoutingKey, body: ByteBuffer(bytes: body),
+                properties: AMQPProperties(persistent: true, headers: [ChatTopology.countHeader: .int(Int64(batch.count))]),
+                mandatory: true)], confirmation: confirmation)
         }
     }
 }

@@ -69,16 +69,47 @@ final class MessageWriter: Service {
         try await declareTopology(connection)
         logger.info("persistence writer consuming")
         let consumer = connection.consume(queue: ChatTopology.inboundQueue, prefetch: UInt16(clamping: prefetch))
+        // Storing batch N+1 overlaps with waiting for batch N's broadcast confirms; acks stay in order.
+        let (acks, ackContinuation) = AsyncStream<PendingAck>.makeStream(bufferingPolicy: .unbounded)
+        async let acking: Void = acknowledge(acks)
         for await batch in consumer.batches.cancelOnGracefulShutdown() {
-            await handle(batch)
+            if let pending = await handle(batch) { ackContinuation.yield(pending) }
+        }
+        ackContinuation.finish()
+        await acking
+    }
+
+    /// A stored batch waiting for its broadcasts to be confirmed before it is acknowledged.
+    struct PendingAck: Sendable {
+        let confirmation: AMQPConfirmation
+        let deliveries: [AMQPDelivery]
+    }
+
+    /// Acknowledges batches in order once their broadcasts are confirmed. A batch whose broadcast failed is
+    /// requeued (one by one, before any later multiple-ack could cover it): it is stored already, so its
+    /// redelivery is broadcast again with the same seqs.
+    func acknowledge(_ pending: AsyncStream<PendingAck>) async {
+        for await batch in pending {
+            do {
+                try await batch.confirmation.wait()
+                batch.deliveries.last?.ack(multiple: true)
+            } catch {
+                logger.warning("broadcast not confirmed; the batch will be redelivered", metadata: ["error": "\(error)"])
+                for delivery in batch.deliveries { delivery.reject(requeue: true) }
+            }
         }
     }
 
-    func handle(_ batch: [AMQPDelivery]) async {
+    func handle(_ batch: [AMQPDelivery]) async -> PendingAck? {
         var messages: [InboundChatMessage] = []
         var accepted: [AMQPDelivery] = []
         for delivery in batch {
-            if let message = try? decoder.decode(InboundChatMessage.self, from: Data(buffer: delivery.body)) {
+            // A gateway sends the messages that arrived together as one JSON array (or a single object).
+            let data = Data(buffer: delivery.body)
+            if data.first == UInt8(ascii: "["), let many = try? decoder.decode([InboundChatMessage].self, from: data) {
+                messages += many
+                accepted.append(delivery)
+            } else if let message = try? decoder.decode(InboundChatMessage.self, from: data) {
                 messages.append(message)
                 accepted.append(delivery)
             } else {
@@ -86,7 +117,7 @@ final class MessageWriter: Service {
                 delivery.reject(requeue: false)
             }
         }
-        guard let last = accepted.last else { return }
+        guard !accepted.isEmpty else { return nil }
 
         var stored: [StoredChatMessage] = []
         var delay: Duration = .milliseconds(100)
@@ -96,24 +127,26 @@ final class MessageWriter: Service {
                 break
             } catch {
                 logger.error("storing a batch failed, retrying", metadata: ["error": "\(error)", "batch.size": "\(messages.count)"])
-                if Task.isCancelled { return }
+                if Task.isCancelled { return nil }
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
             }
         }
 
-        let broadcasts = stored.map { message in
-            AMQPChannelLayer.groupMessage(message.group, ChannelMessage(body: ByteBuffer(string: message.clientFrame), seq: message.seq))
+        // One broadcast per run of consecutive seqs of a room (usually one per room per batch), in seq order.
+        var runs: [(group: String, first: Int64, frames: [String])] = []
+        var openRun: [String: Int] = [:]
+        for message in stored {
+            if let index = openRun[message.group], runs[index].first + Int64(runs[index].frames.count) == message.seq {
+                runs[index].frames.append(message.clientFrame)
+            } else {
+                openRun[message.group] = runs.count
+                runs.append((message.group, message.seq, [message.clientFrame]))
+            }
         }
-        do {
-            try await connection.publish(broadcasts)
-        } catch {
-            // Not acknowledged: the broker redelivers the batch, which is stored already and is broadcast again.
-            logger.warning("broadcast not confirmed; the batch will be redelivered", metadata: ["error": "\(error)"])
-            return
-        }
-        last.ack(multiple: true)
-        logger.trace("stored and broadcast", metadata: ["batch.size": "\(stored.count)"])
+        let broadcasts = runs.map { AMQPChannelLayer.groupRunMessage($0.group, frames: $0.frames, firstSeq: $0.first) }
+        logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
+        return PendingAck(confirmation: connection.publishPipelined(broadcasts), deliveries: accepted)
     }
 }
 
