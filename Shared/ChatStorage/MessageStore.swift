@@ -28,12 +28,15 @@ public final class MessageStore: Sendable {
 
     /// Stores a batch in one transaction and returns every message as stored, in the batch's order.
     /// A message whose id is already stored (a redelivery) is not written again: its stored row is returned.
-    public func store(_ batch: [InboundChatMessage]) async throws -> [StoredChatMessage] {
+    /// `checkExisting` may be false for a batch none of whose messages was ever delivered before: it saves
+    /// a query, and should an id exist after all, the insert fails on the primary key and nothing is written
+    /// (the caller then stores again with the check).
+    public func store(_ batch: [InboundChatMessage], checkExisting: Bool = true) async throws -> [StoredChatMessage] {
         if batch.isEmpty { return [] }
         return try await database.transaction { tx in
             var stored: [String: StoredChatMessage] = [:]
             // Existing rows (redeliveries), in chunks to stay under every bind-parameter limit.
-            let ids = Array(Set(batch.map(\.id)))
+            let ids = checkExisting ? Array(Set(batch.map(\.id))) : []
             for chunk in stride(from: 0, to: ids.count, by: 500).map({ Array(ids[$0..<min($0 + 500, ids.count)]) }) {
                 let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
                 let rows = try await tx.query(
@@ -41,11 +44,15 @@ public final class MessageStore: Sendable {
                     chunk.map { .text($0) })
                 for row in rows { let m = Self.message(row); stored[m.id] = m }
             }
-            // Next seq per room.
+            // Next seq per room, for all the batch's rooms in one query per 500 rooms.
             var nextSeq: [String: Int64] = [:]
-            for group in Set(batch.filter { stored[$0.id] == nil }.map(\.group)) {
-                let rows = try await tx.query("SELECT COALESCE(MAX(seq), 0) FROM chat_messages WHERE grp = ?", [.text(group)])
-                nextSeq[group] = (rows.first?.first?.int ?? 0) + 1
+            let groups = Array(Set(batch.filter { stored[$0.id] == nil }.map(\.group)))
+            for chunk in stride(from: 0, to: groups.count, by: 500).map({ Array(groups[$0..<min($0 + 500, groups.count)]) }) {
+                for group in chunk { nextSeq[group] = 1 }
+                let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
+                let rows = try await tx.query("SELECT grp, MAX(seq) FROM chat_messages WHERE grp IN (\(marks)) GROUP BY grp",
+                                              chunk.map { .text($0) })
+                for row in rows { if let g = row[0].string, let max = row[1].int { nextSeq[g] = max + 1 } }
             }
             var inserts: [StoredChatMessage] = []
             for message in batch where stored[message.id] == nil {

@@ -61,3 +61,18 @@ import Testing
         }
     }
 }
+
+extension StorageTests {
+    @Test func aBatchStoredWithoutTheLookupFailsWholeOnAKnownIDAndSucceedsWithIt() async throws {
+        try await onEachDatabase { store, _ in
+            let room = "named:fast-\(UUID().uuidString.prefix(8))"
+            let first = InboundChatMessage(id: UUID().uuidString, group: room, sender: nil, text: "a", receivedAt: 1)
+            _ = try await store.store([first], checkExisting: false)
+            let second = InboundChatMessage(id: UUID().uuidString, group: room, sender: nil, text: "b", receivedAt: 2)
+            await #expect(throws: (any Error).self) { _ = try await store.store([second, first], checkExisting: false) }
+            #expect(try await store.count(group: room) == 1)  // nothing of the failed batch was written
+            let stored = try await store.store([second, first], checkExisting: true)
+            #expect(stored.map(\.seq) == [2, 1])
+        }
+    }
+}

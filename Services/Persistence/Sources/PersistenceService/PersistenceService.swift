@@ -121,11 +121,15 @@ final class MessageWriter: Service {
 
         var stored: [StoredChatMessage] = []
         var delay: Duration = .milliseconds(100)
+        // Only a redelivered batch can hold messages stored already; a first delivery skips that lookup
+        // (and any failure makes the retry look).
+        var checkExisting = accepted.contains { $0.redelivered }
         while true {
             do {
-                stored = try await store.store(messages)
+                stored = try await store.store(messages, checkExisting: checkExisting)
                 break
             } catch {
+                checkExisting = true
                 logger.error("storing a batch failed, retrying", metadata: ["error": "\(error)", "batch.size": "\(messages.count)"])
                 if Task.isCancelled { return nil }
                 try? await Task.sleep(for: delay)
