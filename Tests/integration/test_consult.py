@@ -301,3 +301,19 @@ def test_dev_tokens_answer_404_unless_enabled(stack):
         run(signed())
     finally:
         locked.stop()
+
+
+def test_a_token_in_the_chat_token_cookie_works_for_rest_and_sockets(stack, api, pair):
+    token = pair["tokens"]["visitor"]
+    r = requests.get(f"{stack.url}/api/rooms", cookies={"chat_token": token})
+    assert r.status_code == 200 and [room["id"] for room in r.json()["rooms"]] == [pair["room"]["id"]]
+
+    async def scenario():
+        ws = await websockets.connect(f"ws://127.0.0.1:{stack.gateways[0]}/ws/room/{pair['room']['id']}/messages",
+                                      additional_headers={"Origin": "http://127.0.0.1", "Cookie": f"chat_token={token}"})
+        c = Client(ws)
+        await c.ws.send(json.dumps({"type": "read", "up_to_seq": 0}))
+        assert (await c.recv())["reader_email"] == pair["visitor"]
+        await c.close()
+
+    run(scenario())

@@ -28,14 +28,14 @@ def load(system, shape):
     return runs
 
 
-def clean(r):
+def clean(r, limit=P99_LIMIT):
     return (r["lost"] == 0 and r["duplicated"] == 0 and r["misrouted"] == 0 and r["orderViolations"] == 0
-            and r["connectionsFailed"] == 0 and r["latencyP99Ms"] <= P99_LIMIT)
+            and r["connectionsFailed"] == 0 and r["latencyP99Ms"] <= limit)
 
 
-def saturation(run):
+def saturation(run, limit=P99_LIMIT):
     """The clean report with the highest rate in one sweep (None if no rate ran clean)."""
-    good = [r for r in run if clean(r)]
+    good = [r for r in run if clean(r, limit)]
     return max(good, key=lambda r: r["ratePerSender"]) if good else None
 
 
@@ -75,12 +75,19 @@ lines += [
     "",
     f"Saturation = the highest offered rate (messages/s per sender, open loop) with 0 lost, 0 duplicated, 0 misrouted, 0 out of order and p99 ≤ {P99_LIMIT:.0f} ms; the figure is the deliveries/s measured at that rate.",
     "",
+    "The reference's own README uses p99 < 200 ms; where it has no rate with p99 ≤ 100 ms, its column shows its "
+    "≤ 200 ms saturation, marked †, and the ratio uses that (so it flatters the reference).",
+    "",
     "| shape | reference deliveries/s (p99) | ours deliveries/s (p99) | ours / reference | bare deliveries/s | ours / bare | ours p99 at the reference's best rate |",
     "|---|---|---|---|---|---|---|",
 ]
 for key, title in SHAPES.items():
     ref_runs, our_runs, bare_runs = load("reference", key), load("ours", key), load("bare", key)
     ref_sat = [saturation(r) for r in ref_runs]
+    dagger = ""
+    if not any(ref_sat):
+        ref_sat = [saturation(r, 200.0) for r in ref_runs]
+        dagger = " †" if any(ref_sat) else ""
     our_sat = [saturation(r) for r in our_runs]
     bare_sat = [saturation(r) for r in bare_runs]
     ref = median([s["deliveriesPerSecond"] if s else None for s in ref_sat])
@@ -93,7 +100,7 @@ for key, title in SHAPES.items():
     ratio = f"{ours / ref:.1f}×" if ours and ref else "—"
     frac = f"{100 * ours / bare:.0f}%" if ours and bare else "—"
     p99_cmp = f"{fmt(ours_at_ref, 1, ' ms')} vs {fmt(ref_p99, 1, ' ms')}" if best_rate else "—"
-    lines.append(f"| {title} | {fmt(ref)} ({fmt(ref_p99, 1, ' ms')}) | {fmt(ours)} ({fmt(our_p99, 1, ' ms')}) | {ratio} | "
+    lines.append(f"| {title} | {fmt(ref)}{dagger} ({fmt(ref_p99, 1, ' ms')}) | {fmt(ours)} ({fmt(our_p99, 1, ' ms')}) | {ratio} | "
                  f"{fmt(bare) if key != 'e' else 'n/a'} | {frac if key != 'e' else 'n/a'} | {p99_cmp} |")
 
 lines += ["", "## Idle sockets", "", "| system | connections held | answering | serving process RSS per connection |", "|---|---|---|---|"]

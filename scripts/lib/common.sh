@@ -72,9 +72,10 @@ rabbitmqctl_node() { "$RABBITMQCTL" -n "$RABBIT_NODE" "$@"; }
 
 stop_rabbitmq() {
   local dir="$1"
-  [ -n "${RABBIT_NODE:-}" ] && "$RABBITMQCTL" -n "$RABBIT_NODE" stop "$dir/rabbit.pid" >/dev/null 2>&1
-  [ -f "$dir/launcher.pid" ] && kill -- -"$(cat "$dir/launcher.pid")" 2>/dev/null
-  true
+  # Every step may find nothing to stop; none may fail the caller (scripts run with set -e).
+  if [ -n "${RABBIT_NODE:-}" ]; then "$RABBITMQCTL" -n "$RABBIT_NODE" stop "$dir/rabbit.pid" >/dev/null 2>&1 || true; fi
+  if [ -f "$dir/launcher.pid" ]; then kill -- -"$(cat "$dir/launcher.pid")" 2>/dev/null || true; fi
+  return 0
 }
 
 # start_postgres STATE_DIR PORT: a private PostgreSQL 15 on 127.0.0.1:PORT. Sets PG_URL.
@@ -95,6 +96,6 @@ start_postgres() {
 stop_postgres() {
   local dir="$1" bin=/usr/lib/postgresql/15/bin runas=()
   [ "$(id -u)" = 0 ] && runas=(runuser -u postgres --)
-  [ -f "$dir/data/postmaster.pid" ] && "${runas[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1
-  true
+  if [ -f "$dir/data/postmaster.pid" ]; then "${runas[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true; fi
+  return 0
 }
