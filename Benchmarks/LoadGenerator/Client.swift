@@ -131,16 +131,30 @@ struct ClientRunner: Sendable {
                 n += 1
             }
         } else if let window = options.window {
-            var iterator = echoes.makeAsyncIterator()
-            var outstanding = 0
+            // Echoes arrive through a buffered stream; a window with no echo for `echoTimeout` is written off
+            // (the loss shows in the counts) and the sender goes on.
+            let echoCount = Atomic<Int>(0)
+            let counter = Task {
+                for await _ in echoes { echoCount.add(1, ordering: .relaxed) }
+            }
+            defer { counter.cancel() }
+            var credited = 0
+            var waitingSince = clock.now
             while clock.now < end {
-                while outstanding >= window {
-                    guard await iterator.next() != nil else { return (n, lagMax) }
-                    outstanding -= 1
+                if options.stopAfterFirstEcho && echoCount.load(ordering: .relaxed) > 0 { break }
+                let outstanding = n - credited - echoCount.load(ordering: .relaxed)
+                if outstanding < window {
+                    try await outbound.write(.text(frame(n, sender: sender)))
+                    n += 1
+                    waitingSince = clock.now
+                } else if clock.now - waitingSince > .milliseconds(Int(options.echoTimeout * 1000)) {
+                    credited += outstanding
+                    waitingSince = clock.now
+                } else {
+                    // Idle probes sleep out the whole timeout: thousands of sockets polling every millisecond
+                    // would starve the generator itself.
+                    try await Task.sleep(for: options.stopAfterFirstEcho ? .milliseconds(Int(options.echoTimeout * 1000)) : .milliseconds(1))
                 }
-                try await outbound.write(.text(frame(n, sender: sender)))
-                n += 1
-                outstanding += 1
             }
         }
         return (n, lagMax)

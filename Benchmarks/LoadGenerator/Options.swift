@@ -15,6 +15,10 @@ struct Options: Sendable {
     var rate: Double?
     /// Closed loop: each sender keeps at most this many of its own messages unechoed.
     var window: Int?
+    /// Closed loop: after this long without its echo, a sender counts its window as lost and sends again.
+    var echoTimeout = 3.0
+    /// Idle probes: a sender stops once its first echo is back.
+    var stopAfterFirstEcho = false
     var duration = 5.0
     var drain = 10.0
     var settle = 1.5
@@ -72,6 +76,7 @@ struct Options: Sendable {
             case "--senders": o.sendersPerRoom = int("--senders")
             case "--rate": o.rate = double("--rate")
             case "--window": o.window = int("--window")
+            case "--echo-timeout": o.echoTimeout = double("--echo-timeout")
             case "--duration": o.duration = double("--duration")
             case "--drain": o.drain = double("--drain")
             case "--settle": o.settle = double("--settle")

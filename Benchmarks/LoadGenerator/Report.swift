@@ -34,6 +34,8 @@ struct Report: Codable, Sendable {
     // Idle mode
     var idleConnectionsAnswering: Int?
     var connectionsReceiving = 0
+    /// RSS of the first server PID when the load started (after connecting and settling).
+    var firstServerRSSAtStartKiB = 0
     var serverRSSPerConnectionKiB: Double?
 
     var clean: Bool { lost == 0 && duplicated == 0 && misrouted == 0 && orderViolations == 0 && connectionsFailed == 0 }

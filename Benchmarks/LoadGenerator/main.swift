@@ -45,6 +45,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     }
     try await Task.sleep(for: .milliseconds(Int(o.settle * 1000)))
 
+    let rssAtStart = o.pids.first.map(ProcessStats.rssKiB) ?? 0
     let sampler = RSSSampler(pids: o.pids)
     sampler.start()
     let cpuBefore = o.pids.reduce(0) { $0 + ProcessStats.cpuSeconds($1) }
@@ -76,6 +77,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     report.connectionsOpened = all.filter(\.connected).count
     report.connectionsFailed = runners.count - report.connectionsOpened
     report.connectionsReceiving = all.filter { $0.received > 0 }.count
+    report.firstServerRSSAtStartKiB = rssAtStart
     report.messagesSent = all.reduce(0) { $0 + $1.sent }
     // Every room has `membersPerRoom` members, and each message is expected by all of them (its sender too).
     report.deliveriesExpected = report.messagesSent * setup.membersPerRoom
@@ -103,31 +105,28 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     return report
 }
 
-/// Idle mode: hold N connections, then check each still answers (one sender per room sends one message
-/// that every member must receive), and report the first server PID's RSS per connection.
+/// Idle mode: open N connections, each alone in its own room, hold them, then check that each still answers:
+/// every socket sends probes (one at a time, again after `--echo-timeout` without an echo) until its own
+/// echo comes back. Reports the first server PID's RSS growth per connection, read once every socket has
+/// connected and settled, just before the probes.
 func runIdle(_ o: Options, count: Int) async throws -> Report {
     var idle = o
-    idle.clientsPerRoom = 10
-    idle.rooms = (count + 9) / 10
+    idle.rooms = count
+    idle.clientsPerRoom = 1
     idle.sendersPerRoom = 1
-    idle.duration = 1
-    let gateway = o.pids.first
-    let before = gateway.map(ProcessStats.rssKiB) ?? 0
-    // The held connections answer through the same machinery as a load run with one message per room.
-    idle.rate = 0.999
+    idle.window = 1
+    idle.stopAfterFirstEcho = true
+    idle.rate = nil
+    idle.duration = max(o.duration, 10)
     // Every socket joins its room (room service, binding, history) after its handshake: give the joins time.
     idle.settle = o.hold + Double(count) / 1500
-    let rssProbe = Task { () -> Int in
-        try? await Task.sleep(for: .milliseconds(Int((idle.settle * 0.9) * 1000)))
-        return gateway.map(ProcessStats.rssKiB) ?? 0
-    }
-    var report = try await runLoad(idle, rate: 0.999)
-    let held = await rssProbe.value
+    let before = o.pids.first.map(ProcessStats.rssKiB) ?? 0
+    var report = try await runLoad(idle, rate: nil)
     report.mode = "idle"
-    report.shape = "idle \(count) connections held \(Int(o.hold)) s"
+    report.shape = "idle \(count) connections, one per room, held \(Int(idle.settle)) s"
     report.idleConnectionsAnswering = report.connectionsReceiving
-    if report.connectionsOpened > 0 {
-        report.serverRSSPerConnectionKiB = Double(held - before) / Double(report.connectionsOpened)
+    if report.connectionsOpened > 0, o.pids.first != nil {
+        report.serverRSSPerConnectionKiB = Double(report.firstServerRSSAtStartKiB - before) / Double(report.connectionsOpened)
     }
     return report
 }
