@@ -104,9 +104,9 @@ for key, title in SHAPES.items():
                  f"{fmt(bare) if key != 'e' else 'n/a'} | {frac if key != 'e' else 'n/a'} | {p99_cmp} |")
 
 lines += ["", "## Idle sockets", "",
-          "**Known problem, not yet fixed:** the generator's idle check does not send every probe once thousands of "
-          "connections are open (seen against both systems), so 'answering' below is a lower bound, not a finding "
-          "about the servers. The 19,000-socket row follows the 10,000 run on the same gateway, so its RSS per "
+          "**Known problem, not yet understood:** once thousands of connections are open the idle check gives "
+          "inconsistent results against both systems (probes unsent, or sent and unanswered), and it is not yet known "
+          "whether the generator or the servers are at fault: the 'answering' column is not a finding. The 19,000-socket row follows the 10,000 run on the same gateway, so its RSS per "
           "connection is not comparable. A separate run of 2,000 idle sockets against our gateway alone (release "
           "build, one socket per room): 2,000 held, 2,000 answering, 49.2 KiB of gateway RSS per socket.",
           "", "| system | connections held | answering | serving process RSS per connection |", "|---|---|---|---|"]
