@@ -389,13 +389,12 @@ final class AMQPWorker: @unchecked Sendable {
     }
 
     private func failPendingConfirms(_ error: AMQPError) {
-        let batches = Set(pendingConfirms.values.map(ObjectIdentifier.init)).count
         var seen = Set<ObjectIdentifier>()
         for batch in pendingConfirms.values where seen.insert(ObjectIdentifier(batch)).inserted {
             batch.failure = error
             batch.finish()
         }
-        if batches > 0 { logger.debug("failed pending confirms", metadata: ["batches": "\(batches)"]) }
+        if !seen.isEmpty { logger.debug("failed pending confirms", metadata: ["batches": "\(seen.count)"]) }
         pendingConfirms.removeAll()
         pendingOrder.removeAll()
         pendingHead = 0

@@ -56,7 +56,7 @@ CONF
   RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
     RABBITMQ_DIST_PORT="$dist" RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
     RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq" \
-    RABBITMQ_PID_FILE="$dir/rabbit.pid" \
+    RABBITMQ_PID_FILE="$dir/rabbit.pid" ERL_CRASH_DUMP="$dir/log/erl_crash.dump" \
     ERL_EPMD_ADDRESS=127.0.0.1 \
     setsid /usr/lib/rabbitmq/bin/rabbitmq-server > "$dir/log/stdout.log" 2>&1 &
   echo $! > "$dir/launcher.pid"
