@@ -332,10 +332,10 @@ enum AMQPCommand: Sendable {
 /// The broker's answer to a pipelined publish: await it with ``wait()`` (any number of times, from any task).
 public final class AMQPConfirmation: Sendable {
     private enum State {
-        case pending([CheckedContinuation<Void, any Error>])
+        case pending([CheckedContinuation<Void, any Error>], [@Sendable (AMQPError) -> Void])
         case done(Result<Void, AMQPError>)
     }
-    private let state = Mutex<State>(.pending([]))
+    private let state = Mutex<State>(.pending([], []))
 
     public init() {}
 
@@ -344,9 +344,9 @@ public final class AMQPConfirmation: Sendable {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let result = state.withLock { state -> Result<Void, AMQPError>? in
                 switch state {
-                case .pending(var waiters):
+                case .pending(var waiters, let callbacks):
                     waiters.append(continuation)
-                    state = .pending(waiters)
+                    state = .pending(waiters, callbacks)
                     return nil
                 case .done(let result):
                     return result
@@ -356,13 +356,30 @@ public final class AMQPConfirmation: Sendable {
         }
     }
 
+    /// Calls `callback` (on whichever thread completes the confirmation, or at once) if it fails: for callers
+    /// that report a failure without waiting in a task.
+    public func onFailure(_ callback: @escaping @Sendable (AMQPError) -> Void) {
+        let result = state.withLock { state -> Result<Void, AMQPError>? in
+            switch state {
+            case .pending(let waiters, var callbacks):
+                callbacks.append(callback)
+                state = .pending(waiters, callbacks)
+                return nil
+            case .done(let result):
+                return result
+            }
+        }
+        if case .failure(let error) = result { callback(error) }
+    }
+
     /// Completes it (the connection does; a caller may, for a message that never reached the connection).
     public func complete(_ result: Result<Void, AMQPError>) {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
-            guard case .pending(let waiters) = state else { return [] }
+        let (waiters, callbacks) = state.withLock { state -> ([CheckedContinuation<Void, any Error>], [@Sendable (AMQPError) -> Void]) in
+            guard case .pending(let waiters, let callbacks) = state else { return ([], []) }
             state = .done(result)
-            return waiters
+            return (waiters, callbacks)
         }
         for waiter in waiters { waiter.resume(with: result) }
+        if case .failure(let error) = result { for callback in callbacks { callback(error) } }
     }
 }

@@ -53,9 +53,10 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
             let seq = headers[ChatTopology.seqHeader]?.intValue
             if headers[ChatTopology.countHeader] != nil, let first = seq {
                 // A run of consecutive messages of one room: one frame per line, seqs from `first`.
-                for (offset, frame) in FrameBatch.split(delivery.body).enumerated() {
-                    registry.dispatch(ChannelMessage(body: frame, group: group, seq: first + Int64(offset)), to: group)
+                let messages = FrameBatch.split(delivery.body).enumerated().map { offset, frame in
+                    ChannelMessage(body: frame, group: group, seq: first + Int64(offset))
                 }
+                registry.dispatch(messages, to: group)
             } else {
                 registry.dispatch(ChannelMessage(body: delivery.body, group: group, seq: seq), to: group)
             }
@@ -68,14 +69,14 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
 
     public func newChannel() -> LocalChannel { registry.newChannel() }
 
-    public func groupAdd(_ group: String, channel: LocalChannel) async throws {
+    public func groupAdd(_ group: String, channel: any GroupMember) async throws {
         let connection = self.connection, queue = queueName, key = RoomName.groupKey(for: group)
         try await registry.add(group, channel) {
             try await connection.bindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
         }
     }
 
-    public func groupDiscard(_ group: String, channel: LocalChannel) async throws {
+    public func groupDiscard(_ group: String, channel: any GroupMember) async throws {
         let connection = self.connection, queue = queueName, key = RoomName.groupKey(for: group)
         try await registry.remove(group, channel) {
             try await connection.unbindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)

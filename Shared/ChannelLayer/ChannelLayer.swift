@@ -21,16 +21,28 @@ public struct ChannelMessage: Sendable {
 public protocol ChannelLayer: Sendable {
     /// A new process-local channel with a unique name.
     func newChannel() -> LocalChannel
-    func groupAdd(_ group: String, channel: LocalChannel) async throws
-    func groupDiscard(_ group: String, channel: LocalChannel) async throws
+    func groupAdd(_ group: String, channel: any GroupMember) async throws
+    func groupDiscard(_ group: String, channel: any GroupMember) async throws
     func groupSend(_ group: String, message: ChannelMessage) async throws
     /// Sends to one channel by name, wherever its process is.
     func send(toChannel name: String, message: ChannelMessage) async throws
 }
 
+/// Something that belongs to groups and receives what is sent to them: a ``LocalChannel`` (a mailbox read
+/// as an async sequence) or, in the gateway, a WebSocket connection that writes straight to its socket.
+public protocol GroupMember: AnyObject, Sendable {
+    /// Unique within the process (``GroupRegistry/allocateID()``); the channel name's `!n` part.
+    var memberID: Int { get }
+    /// The event loop `deliver` must be called on, or nil when any thread will do. The registry calls the
+    /// members of one loop together, with one hop to that loop per dispatch rather than one per member.
+    var deliveryLoop: (any EventLoop)? { get }
+    /// Takes messages in order (a run of a room's messages arrives as one call).
+    func deliver(_ messages: [ChannelMessage])
+}
+
 /// A channel's mailbox. It holds at most `capacity` undelivered messages: a reader that falls that far
 /// behind is marked ``overflowed`` (and the gateway disconnects it) rather than growing without bound.
-public final class LocalChannel: Sendable, Hashable {
+public final class LocalChannel: GroupMember, Hashable {
     public let name: String
     public let localID: Int
     public let messages: AsyncStream<ChannelMessage>
@@ -41,6 +53,12 @@ public final class LocalChannel: Sendable, Hashable {
         self.localID = localID
         self.name = "\(processName)!\(localID)"
         (messages, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingOldest(capacity))
+    }
+
+    public var memberID: Int { localID }
+    public var deliveryLoop: (any EventLoop)? { nil }
+    public func deliver(_ messages: [ChannelMessage]) {
+        for message in messages { deliver(message) }
     }
 
     /// Whether a message was dropped because the reader fell behind.
@@ -65,8 +83,8 @@ public final class LocalChannel: Sendable, Hashable {
 /// chained per group so that a bind and an unbind of the same group never overtake each other.
 public final class GroupRegistry: Sendable {
     struct State {
-        var members: [String: [Int: LocalChannel]] = [:]
-        var channels: [Int: LocalChannel] = [:]
+        var members: [String: [Int: any GroupMember]] = [:]
+        var channels: [Int: any GroupMember] = [:]
         var lastOperation: [String: Task<Void, any Error>] = [:]
         var nextID = 1
     }
@@ -88,21 +106,33 @@ public final class GroupRegistry: Sendable {
         }
     }
 
-    public func forget(_ channel: LocalChannel) {
-        state.withLock { state in _ = state.channels.removeValue(forKey: channel.localID) }
+    /// A new member id, for a member the caller makes (``register(_:)`` makes it reachable by name).
+    public func allocateID() -> Int {
+        state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
     }
 
-    func channel(localID: Int) -> LocalChannel? {
+    public func register(_ member: any GroupMember) {
+        state.withLock { state in state.channels[member.memberID] = member }
+    }
+
+    public func forget(_ member: any GroupMember) {
+        state.withLock { state in _ = state.channels.removeValue(forKey: member.memberID) }
+    }
+
+    func channel(localID: Int) -> (any GroupMember)? {
         state.withLock { $0.channels[localID] }
     }
 
     /// Adds a member; when it is the group's first, runs `onFirstMember` after the group's previous operation.
     /// Returns once the group's latest operation is done.
-    public func add(_ group: String, _ channel: LocalChannel, onFirstMember: @escaping @Sendable () async throws -> Void) async throws {
+    public func add(_ group: String, _ channel: any GroupMember, onFirstMember: @escaping @Sendable () async throws -> Void) async throws {
         let operation = state.withLock { state -> Task<Void, any Error>? in
             var members = state.members[group, default: [:]]
             let wasEmpty = members.isEmpty
-            members[channel.localID] = channel
+            members[channel.memberID] = channel
             state.members[group] = members
             if wasEmpty {
                 let previous = state.lastOperation[group]
@@ -125,9 +155,9 @@ public final class GroupRegistry: Sendable {
     }
 
     /// Removes a member; when it was the last, runs `onLastMember` after the group's previous operation.
-    public func remove(_ group: String, _ channel: LocalChannel, onLastMember: @escaping @Sendable () async throws -> Void) async throws {
+    public func remove(_ group: String, _ channel: any GroupMember, onLastMember: @escaping @Sendable () async throws -> Void) async throws {
         let operation = state.withLock { state -> Task<Void, any Error>? in
-            guard var members = state.members[group], members.removeValue(forKey: channel.localID) != nil else { return nil }
+            guard var members = state.members[group], members.removeValue(forKey: channel.memberID) != nil else { return nil }
             if !members.isEmpty {
                 state.members[group] = members
                 return nil
@@ -150,14 +180,38 @@ public final class GroupRegistry: Sendable {
     /// Delivers to every local member of `group`; returns how many received it.
     @discardableResult
     public func dispatch(_ message: ChannelMessage, to group: String) -> Int {
-        guard let members = state.withLock({ $0.members[group] }) else { return 0 }
-        for channel in members.values { channel.deliver(message) }
+        dispatch([message], to: group)
+    }
+
+    /// Delivers messages (in order) to every local member of `group`. Members bound to an event loop get
+    /// them in one task per loop, so a broadcast to a room of 1,000 sockets costs one hop per loop.
+    @discardableResult
+    public func dispatch(_ messages: [ChannelMessage], to group: String) -> Int {
+        guard let members = state.withLock({ $0.members[group] }), !messages.isEmpty else { return 0 }
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, members: [any GroupMember])] = [:]
+        for member in members.values {
+            if let loop = member.deliveryLoop {
+                byLoop[ObjectIdentifier(loop), default: (loop, [])].members.append(member)
+            } else {
+                member.deliver(messages)
+            }
+        }
+        for (_, bucket) in byLoop {
+            let members = bucket.members
+            bucket.loop.execute {
+                for member in members { member.deliver(messages) }
+            }
+        }
         return members.count
     }
 
     public func deliver(_ message: ChannelMessage, toLocalID id: Int) -> Bool {
-        guard let channel = channel(localID: id) else { return false }
-        channel.deliver(message)
+        guard let member = channel(localID: id) else { return false }
+        if let loop = member.deliveryLoop {
+            loop.execute { member.deliver([message]) }
+        } else {
+            member.deliver([message])
+        }
         return true
     }
 
@@ -181,11 +235,11 @@ public final class InMemoryChannelLayer: ChannelLayer {
 
     public func newChannel() -> LocalChannel { registry.newChannel() }
 
-    public func groupAdd(_ group: String, channel: LocalChannel) async throws {
+    public func groupAdd(_ group: String, channel: any GroupMember) async throws {
         try await registry.add(group, channel, onFirstMember: {})
     }
 
-    public func groupDiscard(_ group: String, channel: LocalChannel) async throws {
+    public func groupDiscard(_ group: String, channel: any GroupMember) async throws {
         try await registry.remove(group, channel, onLastMember: {})
     }
 

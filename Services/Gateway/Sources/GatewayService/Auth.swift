@@ -2,6 +2,7 @@ import ChatProtocol
 import Foundation
 import Hummingbird
 import JWTKit
+import NIOHTTP1
 
 /// Who a verified token says the caller is.
 struct Identity: Sendable, Equatable {
@@ -51,6 +52,36 @@ struct Authenticator: Sendable {
         if let cookie = request.cookies[cookieName]?.value, !cookie.isEmpty { return cookie }
         if let query = request.uri.queryParameters.get("token"), !query.isEmpty { return query }
         return nil
+    }
+
+    /// The same, from a WebSocket upgrade's head (the socket path is served by NIO handlers, not the router).
+    static func token(headers: HTTPHeaders, uri: String) -> String? {
+        if let header = headers["authorization"].first, header.lowercased().hasPrefix("bearer ") {
+            return String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        }
+        for cookieHeader in headers["cookie"] {
+            for pair in cookieHeader.split(separator: ";") {
+                let parts = pair.split(separator: "=", maxSplits: 1)
+                if parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == cookieName {
+                    let value = parts[1].trimmingCharacters(in: .whitespaces)
+                    if !value.isEmpty { return value.removingPercentEncoding ?? value }
+                }
+            }
+        }
+        if let query = uri.split(separator: "?", maxSplits: 1).dropFirst().first {
+            for pair in query.split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1)
+                if parts.count == 2, parts[0] == "token", !parts[1].isEmpty {
+                    return String(parts[1]).removingPercentEncoding ?? String(parts[1])
+                }
+            }
+        }
+        return nil
+    }
+
+    func identify(headers: HTTPHeaders, uri: String) async throws(AuthError) -> Identity {
+        guard let token = Self.token(headers: headers, uri: uri) else { throw .missing }
+        return try await verify(token)
     }
 
     func identify(_ request: Request) async throws(AuthError) -> Identity {

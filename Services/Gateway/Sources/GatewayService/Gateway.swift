@@ -4,7 +4,6 @@ import ChatProtocol
 import Foundation
 import Hummingbird
 import HummingbirdCore
-import HummingbirdWebSocket
 import Logging
 import NIOCore
 import ServiceKit
@@ -52,50 +51,11 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
         }
     }
 
-    let sockets = Router(context: BasicWebSocketRequestContext.self)
-    sockets.ws("/ws/chat/:room") { request, _ in
-        origins.allows(request.headers[.origin]) ? .upgrade([:]) : .dontUpgrade
-    } onUpgrade: { inbound, outbound, context in
-        limiter.enter()
-        defer { limiter.leave() }
-        let session = RoomSession(backend: backend, outbound: outbound, logger: context.logger)
-        var identity: Identity? = nil
-        do throws(AuthError) {
-            identity = try await authenticator.identify(context.request)
-        } catch {
-            if !configuration.allowAnonymous || error != .missing {
-                await session.fail(error.description, close: CloseCode.unauthenticated)
-                return
-            }
-        }
-        await NamedRoomSocket.run(session: session, rawRoom: context.requestContext.parameters.get("room") ?? "",
-                                  identity: identity, inbound: inbound)
-    }
-    sockets.ws("/ws/room/:id/messages") { request, _ in
-        origins.allows(request.headers[.origin]) ? .upgrade([:]) : .dontUpgrade
-    } onUpgrade: { inbound, outbound, context in
-        limiter.enter()
-        defer { limiter.leave() }
-        let session = RoomSession(backend: backend, outbound: outbound, logger: context.logger)
-        let identity: Identity
-        do throws(AuthError) {
-            identity = try await authenticator.identify(context.request)
-        } catch {
-            await session.fail(error.description, close: CloseCode.unauthenticated)
-            return
-        }
-        await ConsultRoomSocket.run(session: session, rawID: context.requestContext.parameters.get("id") ?? "",
-                                    identity: identity, inbound: inbound)
-    }
+    let sockets = SocketServices(backend: backend, authenticator: authenticator, limiter: limiter, logger: logger)
     return Application(
         router: router,
-        server: HTTPServerBuilder { [socketResponder = sockets.buildResponder()] responder in
-            OriginGuardedChannel(
-                base: HTTP1WebSocketUpgradeChannel(
-                    responder: responder, webSocketResponder: socketResponder,
-                    configuration: .init(ws: WebSocketServerConfiguration(
-                        maxFrameSize: configuration.hardFrameLimit, autoPing: .enabled(timePeriod: .seconds(30))))),
-                policy: origins, limiter: limiter)
+        server: HTTPServerBuilder { responder in
+            ChatServerChannel(responder: responder, sockets: sockets, policy: origins)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "swift-chat"),
         logger: logger)

@@ -1,0 +1,503 @@
+import AMQPClient
+import ChannelLayer
+import ChatProtocol
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+
+/// Close codes the gateway uses (docs/protocol.md). Each follows an `{"error"}` frame saying why.
+enum CloseCode {
+    /// The room name or id is invalid.
+    static let invalidRoom = WebSocketErrorCode.unknown(4400)
+    /// No token, or a token that is expired, malformed or badly signed.
+    static let unauthenticated = WebSocketErrorCode.unknown(4401)
+    /// The caller is not a participant of the room.
+    static let forbidden = WebSocketErrorCode.unknown(4403)
+    /// The room does not exist.
+    static let notFound = WebSocketErrorCode.unknown(4404)
+    /// The socket fell `CHAT_MAILBOX_CAPACITY` messages behind.
+    static let slowConsumer = WebSocketErrorCode.unknown(4008)
+    /// A service it needs (rooms, broker) did not answer: try again later.
+    static let tryAgainLater = WebSocketErrorCode.unknown(1013)
+}
+
+/// The two WebSocket endpoints, told apart by the upgrade request's path.
+enum SocketEndpoint: Sendable, Equatable {
+    /// `/ws/chat/<room>/`: the tutorial's named rooms (the name as it came, percent-encoded).
+    case namedRoom(rawRoom: String)
+    /// `/ws/room/<id>/messages`: a 1:1 consultation room.
+    case consultRoom(rawID: String)
+
+    init?(uri: String) {
+        let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let parts = path.split(separator: "/")
+        if parts.count == 3, parts[0] == "ws", parts[1] == "chat" {
+            self = .namedRoom(rawRoom: String(parts[2]))
+        } else if parts.count == 4, parts[0] == "ws", parts[1] == "room", parts[3] == "messages" {
+            self = .consultRoom(rawID: String(parts[2]))
+        } else {
+            return nil
+        }
+    }
+}
+
+/// What every socket of the gateway shares.
+struct SocketServices: Sendable {
+    let backend: GatewayBackend
+    let authenticator: Authenticator
+    let limiter: ConnectionLimiter
+    let logger: Logger
+    var configuration: GatewayConfiguration { backend.configuration }
+}
+
+/// A socket as a member of its room's group: deliveries hop to the socket's event loop (one hop per loop per
+/// broadcast, see ``GroupRegistry/dispatch(_:to:)-([ChannelMessage],_)``) and are written there.
+final class SocketMember: GroupMember {
+    let memberID: Int
+    let handler: NIOLoopBound<ChatSocketHandler>
+
+    init(memberID: Int, handler: NIOLoopBound<ChatSocketHandler>) {
+        self.memberID = memberID
+        self.handler = handler
+    }
+
+    var deliveryLoop: (any EventLoop)? { handler.eventLoop }
+    func deliver(_ messages: [ChannelMessage]) { handler.value.deliver(messages) }
+}
+
+/// One WebSocket of the gateway: the last handler of its channel's pipeline, after NIO's frame decoder and
+/// encoder and the fragment aggregator. There is no task, async stream or buffer per socket once it is open:
+/// an idle socket costs its channel, its pipeline and this object, and a broadcast is written to it straight
+/// from its event loop. Everything here runs on that loop; the asynchronous parts (opening, gap filling,
+/// read receipts) run in short tasks that hop back to the loop with their results.
+///
+/// Opening order, so that nothing is missed or doubled between history and live messages: the room is
+/// joined, the socket is added to the room's group (from then on every broadcast reaches ``deliver(_:)``,
+/// which holds it back), then history is read and written, then the held messages are written, skipping
+/// every seq the history already had.
+final class ChatSocketHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    enum Phase { case opening, live, closed }
+
+    let services: SocketServices
+    let endpoint: SocketEndpoint
+    let head: HTTPRequestHead
+    var logger: Logger
+
+    private var context: ChannelHandlerContext?
+    private var member: SocketMember?
+    private var phase = Phase.opening
+    private var session: OpenedSession?
+    /// Broadcasts held back while opening or while a gap is filled from history.
+    private var held: [ChannelMessage] = []
+    /// Client frames that arrived before the room was joined.
+    private var early: [ByteBuffer] = []
+    private var lastSeq: Int64?
+    private var fillingGap = false
+    /// Messages written while the socket was not writable (the client is not reading).
+    private var writtenWhileBlocked = 0
+    private var closeSent = false
+
+    init(services: SocketServices, endpoint: SocketEndpoint, head: HTTPRequestHead) {
+        self.services = services
+        self.endpoint = endpoint
+        self.head = head
+        self.logger = services.logger
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        services.limiter.enter()
+        let registry = services.backend.layer.registry
+        let member = SocketMember(memberID: registry.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+        registry.register(member)
+        self.member = member
+        let opener = SessionOpener(services: services, endpoint: endpoint, headers: head.headers, uri: head.uri, member: member)
+        let handler = member.handler
+        Task {
+            let outcome = await opener.open()
+            handler.eventLoop.execute { handler.value.opened(outcome) }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        finish()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        finish()
+        self.context = nil
+    }
+
+    /// Leaves the room once, whichever comes first: the channel closing or the handler leaving the pipeline.
+    private func finish() {
+        guard phase != .closed else { return }
+        let wasOpen = session != nil
+        phase = .closed
+        held = []
+        early = []
+        services.limiter.leave()
+        guard let member else { return }
+        services.backend.layer.registry.forget(member)
+        if wasOpen, let group = session?.group {
+            let backend = services.backend
+            Task {
+                try? await backend.layer.groupDiscard(group, channel: member)
+                await backend.leave(group: group)
+            }
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text:
+            let bytes = frame.unmaskedData
+            switch phase {
+            case .live: clientText(bytes)
+            case .opening:
+                if early.count < services.configuration.mailboxCapacity { early.append(bytes) } else {
+                    sendError("too many messages before the room was joined")
+                }
+            case .closed: break
+            }
+        case .binary:
+            sendError("binary frames are not supported; send JSON text")
+        case .ping:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .connectionClose:
+            // The client closes: answer with its own code (the closing handshake), then close the TCP connection.
+            if closeSent {
+                context.close(promise: nil)
+            } else {
+                closeSent = true
+                let data = frame.unmaskedData
+                let code = data.readableBytes >= 2 ? data.getSlice(at: data.readerIndex, length: 2) ?? ByteBuffer() : ByteBuffer()
+                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: code)))
+                    .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+            }
+        default:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketFrameAggregator.Error, error == .accumulatedFrameSizeIsTooLarge {
+            sendError(ChatError.frameTooLarge(limit: services.configuration.maxFrameBytes).description)
+            close(.messageTooLarge, reason: "message too large")
+        } else {
+            logger.debug("socket error", metadata: ["error": "\(error)"])
+            close(.protocolError, reason: "protocol error")
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            close(.goingAway, reason: "server shutting down")
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { writtenWhileBlocked = 0 }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Opening
+
+    /// The outcome of ``SessionOpener/open()``, back on the loop.
+    func opened(_ outcome: SessionOpener.Outcome) {
+        switch outcome {
+        case .refused(let text, let code):
+            guard phase == .opening else { return }
+            sendError(text)
+            close(code, reason: String(text.prefix(100)))
+        case .opened(let session, let history, let historyFailed):
+            guard phase == .opening, context != nil else {
+                // The socket closed while it was opening: leave what was joined.
+                if let member {
+                    let backend = services.backend
+                    Task {
+                        try? await backend.layer.groupDiscard(session.group, channel: member)
+                        await backend.leave(group: session.group)
+                    }
+                }
+                return
+            }
+            self.session = session
+            logger[metadataKey: "chat.room"] = .string(session.group)
+            for frame in history.frames { write(frame) }
+            if let first = history.firstSeq { lastSeq = first + Int64(history.frames.count) - 1 }
+            if historyFailed { sendError("history unavailable") }
+            phase = .live
+            let held = self.held, early = self.early
+            self.held = []
+            self.early = []
+            deliver(held)
+            for bytes in early where phase == .live { clientText(bytes) }
+            context?.flush()
+        }
+    }
+
+    // MARK: Live messages
+
+    /// Writes broadcasts in seq order: a seq already written (history overlap, redelivery) is skipped; a gap
+    /// (missed while this gateway's queue was being re-created) is filled from history first.
+    func deliver(_ messages: [ChannelMessage]) {
+        guard phase == .live, !fillingGap else {
+            if phase != .closed { hold(messages) }
+            return
+        }
+        for (index, message) in messages.enumerated() {
+            if let seq = message.seq {
+                if let last = lastSeq, seq <= last { continue }
+                if let last = lastSeq, seq > last + 1 {
+                    fillGap(after: last, before: seq)
+                    hold(messages[index...])
+                    break
+                }
+                lastSeq = seq
+            }
+            write(message.body)
+        }
+        context?.flush()
+        if let channel = context?.channel, !channel.isWritable {
+            writtenWhileBlocked += messages.count
+            if writtenWhileBlocked > services.configuration.mailboxCapacity {
+                logger.warning("socket fell behind; disconnecting it")
+                close(CloseCode.slowConsumer, reason: "too slow")
+            }
+        }
+    }
+
+    private func hold(_ messages: some Collection<ChannelMessage>) {
+        held.append(contentsOf: messages)
+        if held.count > services.configuration.mailboxCapacity {
+            logger.warning("socket fell behind; disconnecting it")
+            held = []
+            close(CloseCode.slowConsumer, reason: "too slow")
+        }
+    }
+
+    private func fillGap(after last: Int64, before seq: Int64) {
+        guard let group = session?.group, let member else { return }
+        fillingGap = true
+        let backend = services.backend, handler = member.handler
+        Task {
+            let missing = try? await backend.history(group: group, limit: Int(min(seq - last - 1, 200)), beforeSeq: seq)
+            handler.eventLoop.execute { handler.value.gapFilled(missing, upTo: seq) }
+        }
+    }
+
+    private func gapFilled(_ missing: (firstSeq: Int64?, frames: [ByteBuffer])?, upTo seq: Int64) {
+        guard phase == .live else { return }
+        if let missing, let first = missing.firstSeq, let last = lastSeq {
+            for (offset, frame) in missing.frames.enumerated() where first + Int64(offset) > last { write(frame) }
+        }
+        lastSeq = seq - 1
+        fillingGap = false
+        let held = self.held
+        self.held = []
+        deliver(held)
+    }
+
+    // MARK: Client frames
+
+    private func clientText(_ bytes: ByteBuffer) {
+        let limit = services.configuration.maxFrameBytes
+        guard bytes.readableBytes <= limit else {
+            sendError(ChatError.frameTooLarge(limit: limit).description)
+            return
+        }
+        guard let session else { return }
+        switch session.kind {
+        case .named:
+            do throws(ChatError) {
+                let text = try ClientFrame.parseChatMessage(bytes.readableBytesView)
+                submit(text: text, sender: session.identity?.email)
+            } catch {
+                sendError(error.description)
+            }
+        case .consult(let room):
+            do throws(ChatError) {
+                switch try ConsultClientFrame.parse(bytes.readableBytesView) {
+                case .message(let text, let sender, let shop, let visitor):
+                    guard shop.value == room.shopUserEmail, visitor.value == room.visitorUserEmail else {
+                        sendError("shop_user_email and visitor_user_email do not match room \(room.id)")
+                        return
+                    }
+                    guard let identity = session.identity else { return }
+                    if let sender, sender != identity.email {
+                        sendError("sender_email must be your own email (\(identity.email.value))")
+                        return
+                    }
+                    submit(text: text, sender: identity.email)
+                case .read(let upToSeq):
+                    markRead(room: room, upTo: upToSeq)
+                }
+            } catch {
+                sendError(error.description)
+            }
+        }
+    }
+
+    /// Hands a message to the persistence service without waiting for the broker; a message the broker does
+    /// not take is reported to this socket with an error frame.
+    private func submit(text: String, sender: Email?) {
+        guard let group = session?.group, let member else { return }
+        let message = InboundChatMessage(id: UUID().uuidString.lowercased(), group: group, sender: sender?.value, text: text,
+                                         receivedAt: Timestamp.nowMillis())
+        let handler = member.handler, logger = logger
+        services.backend.submit(message).onFailure { error in
+            logger.warning("message not accepted by the broker", metadata: ["error": "\(error)"])
+            handler.eventLoop.execute { handler.value.sendError("message not accepted, try again") }
+        }
+    }
+
+    private func markRead(room: ConsultRoom, upTo seq: Int64) {
+        guard let identity = session?.identity, let member else { return }
+        let backend = services.backend, handler = member.handler
+        Task {
+            do {
+                let mark = try await backend.markRead(roomID: room.id, email: identity.email, seq: seq)
+                var writer = JSONWriter()
+                writer.beginObject()
+                writer.field("type", "read")
+                writer.field("reader_email", identity.email.value)
+                writer.field("up_to_seq", mark)
+                writer.endObject()
+                try await backend.layer.groupSend(room.group, message: ChannelMessage(body: ByteBuffer(string: writer.output)))
+            } catch {
+                handler.eventLoop.execute { handler.value.sendError("read receipt not recorded, try again") }
+            }
+        }
+    }
+
+    // MARK: Writing
+
+    private func write(_ frame: ByteBuffer) {
+        context?.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
+    }
+
+    func sendError(_ text: String) {
+        guard let context, !closeSent else { return }
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: ClientFrame.error(text)))),
+                              promise: nil)
+    }
+
+    /// Sends a close frame and closes the connection once it is written.
+    func close(_ code: WebSocketErrorCode, reason: String) {
+        guard let context, !closeSent else { return }
+        closeSent = true
+        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        data.write(webSocketErrorCode: code)
+        data.writeString(reason)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
+            .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+    }
+}
+
+/// A socket's room once it is open.
+struct OpenedSession: Sendable {
+    enum Kind: Sendable {
+        case named
+        case consult(ConsultRoom)
+    }
+    let kind: Kind
+    let group: String
+    let identity: Identity?
+}
+
+/// The asynchronous part of opening a socket: who it is, which room, joining the room (room service) and its
+/// group (broker binding), and the room's history (persistence service).
+struct SessionOpener: Sendable {
+    enum Outcome: Sendable {
+        case refused(String, WebSocketErrorCode)
+        case opened(OpenedSession, history: (firstSeq: Int64?, frames: [ByteBuffer]), historyFailed: Bool)
+    }
+
+    let services: SocketServices
+    let endpoint: SocketEndpoint
+    let headers: HTTPHeaders
+    let uri: String
+    let member: SocketMember
+
+    func open() async -> Outcome {
+        let authenticator = services.authenticator
+        let kind: OpenedSession.Kind
+        let group: String
+        var identity: Identity? = nil
+        switch endpoint {
+        case .namedRoom(let rawRoom):
+            do throws(AuthError) {
+                identity = try await authenticator.identify(headers: headers, uri: uri)
+            } catch {
+                if !services.configuration.allowAnonymous || error != .missing {
+                    return .refused(error.description, CloseCode.unauthenticated)
+                }
+            }
+            do throws(ChatError) {
+                let room = try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom)
+                group = "named:" + room.value
+                kind = .named
+            } catch {
+                return .refused(error.description, CloseCode.invalidRoom)
+            }
+        case .consultRoom(let rawID):
+            let caller: Identity
+            do throws(AuthError) {
+                caller = try await authenticator.identify(headers: headers, uri: uri)
+            } catch {
+                return .refused(error.description, CloseCode.unauthenticated)
+            }
+            identity = caller
+            guard let id = Int64(rawID), id > 0 else {
+                return .refused("room id must be a positive integer", CloseCode.invalidRoom)
+            }
+            switch await services.backend.consultRoom(id: id) {
+            case .success(let room?):
+                guard room.hasParticipant(caller.email.value, role: caller.role) else {
+                    return .refused("you are not a participant of room \(id)", CloseCode.forbidden)
+                }
+                group = room.group
+                kind = .consult(room)
+            case .success(nil):
+                return .refused("room \(id) does not exist", CloseCode.notFound)
+            case .failure:
+                return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
+            }
+        }
+
+        let backend = services.backend
+        do {
+            let reply = try await backend.join(group: group)
+            guard reply.ok else { return .refused(reply.error ?? "cannot join room", CloseCode.invalidRoom) }
+        } catch {
+            services.logger.warning("room service did not answer", metadata: ["error": "\(error)"])
+            return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
+        }
+        do {
+            try await backend.layer.groupAdd(group, channel: member)
+        } catch {
+            services.logger.warning("could not join the room's group", metadata: ["error": "\(error)"])
+            await backend.leave(group: group)
+            return .refused("broker unavailable, try again later", CloseCode.tryAgainLater)
+        }
+        let session = OpenedSession(kind: kind, group: group, identity: identity)
+        do {
+            let history = try await backend.history(group: group, limit: services.configuration.historyLimit)
+            return .opened(session, history: history, historyFailed: false)
+        } catch {
+            services.logger.warning("history unavailable", metadata: ["error": "\(error)", "chat.room": "\(group)"])
+            return .opened(session, history: (nil, []), historyFailed: true)
+        }
+    }
+}
