@@ -56,7 +56,10 @@ struct ClientRunner: Sendable {
                         for try await message in inbound.messages(maxSize: 1 << 20) {
                             guard case .text(let text) = message else { continue }
                             guard let d = parseDelivery(text), d.runID == runID else {
-                                if text.contains("\"error\"") { local.errors += 1 }
+                                if text.contains("\"error\"") {
+                                    if local.errors == 0 { ErrorSamples.record(text) }
+                                    local.errors += 1
+                                }
                                 continue
                             }
                             let now = nowNanos()
@@ -165,4 +168,22 @@ struct ClientRunner: Sendable {
 final class ResultBox: Sendable {
     private let value = Mutex(ClientResult())
     func withLock<T>(_ body: (inout ClientResult) -> T) -> T { value.withLock { body(&$0) } }
+}
+
+/// The first few distinct error frames of a run, printed to stderr at its end (what the errors were).
+enum ErrorSamples {
+    private static let samples = Mutex<[String: Int]>([:])
+
+    static func record(_ text: String) {
+        samples.withLock { s in
+            if s[text] != nil || s.count < 5 { s[text, default: 0] += 1 }
+        }
+    }
+
+    static func report() {
+        let all = samples.withLock { s in defer { s = [:] }; return s }
+        for (text, count) in all.sorted(by: { $0.value > $1.value }) {
+            FileHandle.standardError.write(Data("LoadGenerator: error frame (first of a socket, \(count)×): \(text.prefix(200))\n".utf8))
+        }
+    }
 }

@@ -102,6 +102,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     report.generatorCPUPercent = 100 * (selfAfter - selfBefore) / wallSeconds
     report.generatorThreads = o.threads
     report.scheduleLagMaxMs = all.map(\.scheduleLagMaxMs).max() ?? 0
+    ErrorSamples.report()
     return report
 }
 

@@ -29,7 +29,8 @@ final class AMQPWorker: @unchecked Sendable {
     // Topology to declare again after a reconnect, in declaration order.
     private var exchanges: [ExchangeSpec] = []
     private var queues: [QueueSpec] = []
-    private var bindings: [BindingSpec] = []
+    /// A set: a gateway holds one binding per room with local members (tens of thousands), so no linear scans.
+    private var bindings: Set<BindingSpec> = []
     private var consumers: [Int: ConsumerRecord] = [:]
     private var consumersByTag: [String: ConsumerRecord] = [:]
     private var nextChannel: UInt16 = 2
@@ -196,6 +197,18 @@ final class AMQPWorker: @unchecked Sendable {
             defer { state.commands.removeAll(keepingCapacity: true) }
             return state.commands
         }
+        // Binds from many callers (a gateway binds one key per room as sockets join) go last and pipelined, so
+        // that a storm of joins costs one broker round trip per batch and publishes never wait behind them.
+        // Every caller awaits its own topology change, so none depends on another's within one batch.
+        var binds: [(BindingSpec, CheckedContinuation<Void, any Error>)] = []
+        if commands.count > 1 {
+            var others: [AMQPCommand] = []
+            others.reserveCapacity(commands.count)
+            for command in commands {
+                if case .bind(let spec, let c) = command { binds.append((spec, c)) } else { others.append(command) }
+            }
+            if binds.count > 1 { commands = others } else { binds = [] }
+        }
         var index = 0
         do {
             while index < commands.count {
@@ -205,11 +218,37 @@ final class AMQPWorker: @unchecked Sendable {
         } catch {
             // The failing command has been answered; put the rest back in front, in order, for the next connection.
             commands.removeFirst(index + 1)
+            commands += binds.map { AMQPCommand.bind($0.0, $0.1) }
             if !commands.isEmpty {
                 owner.shared.withLock { state in state.commands.insert(contentsOf: commands, at: 0) }
             }
             throw error
         }
+        if !binds.isEmpty { try bindPipelined(binds) }
+    }
+
+    /// Sends every bind but the last with no-wait, then the last as usual: its bind-ok confirms them all.
+    /// If the broker refuses one, the channel closes and all of them fail (their callers see the error).
+    private func bindPipelined(_ binds: [(BindingSpec, CheckedContinuation<Void, any Error>)]) throws(Failure) {
+        for (spec, _) in binds { bindings.insert(spec) }
+        do {
+            try withArena { arena throws(Failure) in
+                for (spec, _) in binds.dropLast() {
+                    let status = chat_queue_bind_nowait(conn, Self.controlChannel, arena.bytes(spec.queue), arena.bytes(spec.exchange),
+                                                        arena.bytes(spec.routingKey), arena.table(spec.arguments))
+                    if status != AMQP_STATUS_OK.rawValue { throw .connection("queue.bind: \(String(cString: amqp_error_string2(status)))") }
+                }
+                let last = binds[binds.count - 1].0
+                amqp_queue_bind(conn, Self.controlChannel, arena.bytes(last.queue), arena.bytes(last.exchange),
+                                arena.bytes(last.routingKey), arena.table(last.arguments))
+                try check(amqp_get_rpc_reply(conn), "queue.bind (\(binds.count) pipelined)")
+            }
+        } catch {
+            if case .refused = error { for (spec, _) in binds { bindings.remove(spec) } }
+            for (_, c) in binds { c.resume(throwing: error.asAMQPError) }
+            throw error
+        }
+        for (_, c) in binds { c.resume() }
     }
 
     private func execute(_ command: AMQPCommand) throws(Failure) {
@@ -229,7 +268,7 @@ final class AMQPWorker: @unchecked Sendable {
                     try check(amqp_get_rpc_reply(conn), "queue.delete")
                 }
                 queues.removeAll { $0.name == name }
-                bindings.removeAll { $0.queue == name }
+                bindings = bindings.filter { $0.queue != name }
             }
         case .messageCount(let name, let c):
             do {
@@ -244,10 +283,10 @@ final class AMQPWorker: @unchecked Sendable {
                 throw error
             }
         case .bind(let spec, let c):
-            if !bindings.contains(spec) { bindings.append(spec) }
-            try answer(c, undo: { bindings.removeAll { $0 == spec } }) { () throws(Failure) in try bind(spec) }
+            bindings.insert(spec)
+            try answer(c, undo: { bindings.remove(spec) }) { () throws(Failure) in try bind(spec) }
         case .unbind(let spec, let c):
-            bindings.removeAll { $0 == spec }
+            bindings.remove(spec)
             try answer(c) { () throws(Failure) in
                 try withArena { arena throws(Failure) in
                     let args = arena.table(spec.arguments)
@@ -416,7 +455,9 @@ final class AMQPWorker: @unchecked Sendable {
             lastFrameReceived = .now
             logger.trace("frame", metadata: ["type": "\(frame.frame_type)", "channel": "\(frame.channel)"])
             try handle(frame)
-            amqp_maybe_release_buffers(conn)
+            // Releasing walks librabbitmq's queue of frames read ahead (during an RPC wait) once per channel:
+            // per frame while thousands are queued, that is quadratic. The pools are released once it is empty.
+            if amqp_frames_enqueued(conn) == 0 { amqp_maybe_release_buffers(conn) }
         }
     }
 

@@ -84,4 +84,18 @@ static inline int chat_send_channel_close_ok(amqp_connection_state_t state, amqp
     return amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
 }
 
+/// queue.bind with no-wait set: the broker sends no bind-ok. A run of these followed by one ordinary bind is
+/// confirmed by that bind's bind-ok (a channel's methods are handled in order; a failure closes the channel).
+static inline int chat_queue_bind_nowait(amqp_connection_state_t state, amqp_channel_t channel, amqp_bytes_t queue,
+                                         amqp_bytes_t exchange, amqp_bytes_t routing_key, amqp_table_t arguments) {
+    amqp_queue_bind_t request;
+    request.ticket = 0;
+    request.queue = queue;
+    request.exchange = exchange;
+    request.routing_key = routing_key;
+    request.nowait = 1;
+    request.arguments = arguments;
+    return amqp_send_method(state, channel, AMQP_QUEUE_BIND_METHOD, &request);
+}
+
 #endif

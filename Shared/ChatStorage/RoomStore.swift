@@ -1,8 +1,13 @@
 import ChatProtocol
+import Synchronization
 
 /// Where the room service keeps rooms: table `chat_rooms`, one row per named room, created on first use.
 public final class RoomStore: Sendable {
     public let database: any SQLDatabase
+    /// Rooms are never renamed or deleted, so a room once read stays true: joins of a known room (and lookups
+    /// of a known consultation room) are answered from memory.
+    private let namedRooms = Mutex<[String: Room]>([:])
+    private let consultRoomsByID = Mutex<[Int64: ConsultRoom]>([:])
 
     public init(database: any SQLDatabase) {
         self.database = database
@@ -80,7 +85,10 @@ public final class RoomStore: Sendable {
     }
 
     public func consultRoom(id: Int64) async throws -> ConsultRoom? {
-        try await database.query(Self.consultSelect + " WHERE r.id = ?", [.int(id)]).first.map(Self.consultRoom)
+        if let room = consultRoomsByID.withLock({ $0[id] }) { return room }
+        let room = try await database.query(Self.consultSelect + " WHERE r.id = ?", [.int(id)]).first.map(Self.consultRoom)
+        if let room { consultRoomsByID.withLock { $0[id] = room } }
+        return room
     }
 
     /// The rooms of a user in a role, each with the seq that user has read.
@@ -130,12 +138,17 @@ public final class RoomStore: Sendable {
     /// Gets the named room or creates it; safe under concurrent callers (the unique key decides).
     public func getOrCreate(kind: String, name: String) async throws -> (room: Room, created: Bool) {
         if let room = try await find(kind: kind, name: name) { return (room, false) }
-        let inserted = try await database.transaction { tx -> Bool in
-            let rows = try await tx.query(
-                "INSERT INTO chat_rooms (kind, name, created_at) VALUES (?, ?, ?) ON CONFLICT (kind, name) DO NOTHING RETURNING id",
-                [.text(kind), .text(name), .int(Timestamp.nowMillis())])
-            return !rows.isEmpty
+        // One statement, so no explicit transaction: the unique key decides between concurrent creators.
+        let now = Timestamp.nowMillis()
+        let rows = try await database.write(
+            "INSERT INTO chat_rooms (kind, name, created_at) VALUES (?, ?, ?) ON CONFLICT (kind, name) DO NOTHING RETURNING id",
+            [.text(kind), .text(name), .int(now)])
+        if let id = rows.first?.first?.int {
+            let room = Room(id: id, kind: kind, name: name, createdAt: now)
+            namedRooms.withLock { $0[kind + "\u{0}" + name] = room }
+            return (room, true)
         }
+        let inserted = false
         guard let room = try await find(kind: kind, name: name) else {
             throw ChatError.unavailable("room could not be created")
         }
@@ -143,9 +156,13 @@ public final class RoomStore: Sendable {
     }
 
     public func find(kind: String, name: String) async throws -> Room? {
+        let key = kind + "\u{0}" + name
+        if let room = namedRooms.withLock({ $0[key] }) { return room }
         let rows = try await database.query("SELECT id, kind, name, created_at FROM chat_rooms WHERE kind = ? AND name = ?",
                                             [.text(kind), .text(name)])
-        return rows.first.map { Room(id: $0[0].int ?? 0, kind: $0[1].string ?? "", name: $0[2].string ?? "", createdAt: $0[3].int ?? 0) }
+        let room = rows.first.map { Room(id: $0[0].int ?? 0, kind: $0[1].string ?? "", name: $0[2].string ?? "", createdAt: $0[3].int ?? 0) }
+        if let room { namedRooms.withLock { $0[key] = room } }
+        return room
     }
 
     public func count() async throws -> Int {

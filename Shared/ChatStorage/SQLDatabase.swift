@@ -22,6 +22,8 @@ public enum SQLDialect: Sendable { case sqlite, postgres }
 public protocol SQLDatabase: Service {
     var dialect: SQLDialect { get }
     func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]]
+    /// Runs one writing statement on its own (it commits by itself).
+    func write(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]]
     /// Runs `body` in one transaction; statements inside go through the `SQLTransaction` it gets.
     func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T
 }
@@ -97,6 +99,10 @@ public final class SQLiteDatabase: SQLDatabase {
 
     public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
         try await Self.run(reader, sql, binds)
+    }
+
+    public func write(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+        try await writeLock.withLock { try await Self.run(writer, sql, binds) }
     }
 
     public func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {
@@ -196,6 +202,10 @@ public final class PostgresDatabase: SQLDatabase {
 
     public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
         try await Self.collect(client.query(Self.postgresQuery(sql, binds), logger: logger))
+    }
+
+    public func write(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+        try await query(sql, binds)
     }
 
     public func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {

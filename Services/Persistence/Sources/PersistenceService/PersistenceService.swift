@@ -183,9 +183,28 @@ final class HistoryResponder: Service {
 
     func run() async throws {
         try await declareTopology(connection)
-        let consumer = connection.consume(queue: ChatTopology.historyQueue, prefetch: 64)
-        for await delivery in consumer.cancelOnGracefulShutdown() {
-            await answer(delivery)
+        let consumer = connection.consume(queue: ChatTopology.historyQueue, prefetch: 256)
+        // Answered concurrently (reads of the WAL reader connection): a burst of joins each asks for history.
+        await withTaskGroup(of: Void.self) { group in
+            var running = 0
+            for await delivery in consumer.cancelOnGracefulShutdown() {
+                if running >= Self.maxConcurrent {
+                    await group.next()
+                    running -= 1
+                }
+                group.addTask { await self.answer(delivery) }
+                running += 1
+            }
+        }
+    }
+
+    static let maxConcurrent = 16
+
+    /// Replies are not awaited: a lost reply is the requester's timeout.
+    func send(_ reply: AMQPOutgoingMessage) {
+        let logger = self.logger
+        connection.publishPipelined([reply]).onFailure { error in
+            logger.warning("reply not confirmed", metadata: ["error": "\(error)"])
         }
     }
 
@@ -198,9 +217,7 @@ final class HistoryResponder: Service {
         do {
             if let queries = request.summaries {
                 let body = try JSONEncoder().encode(try await store.summaries(queries))
-                if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)) {
-                    try await connection.publish(reply)
-                }
+                if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)) { send(reply) }
                 return
             }
             let limit = max(0, min(request.limit, Self.maxLimit))
@@ -208,9 +225,7 @@ final class HistoryResponder: Service {
             let body = messages.map(\.clientFrame).joined(separator: "\n")
             var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count))]
             if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
-            if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) {
-                try await connection.publish(reply)
-            }
+            if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) { send(reply) }
         } catch {
             logger.error("history request failed", metadata: ["error": "\(error)", "chat.room": "\(request.group)"])
         }
