@@ -152,6 +152,16 @@ public final class GroupRegistry: Sendable {
             _ = try? await remove(group, channel, onLastMember: {})
             throw error
         }
+        forgetIfLatest(group, operation)
+    }
+
+    /// Drops a finished operation that is still the group's latest (nothing left to chain after): a gateway
+    /// holding 19,000 rooms keeps no task per room.
+    private func forgetIfLatest(_ group: String, _ operation: Task<Void, any Error>?) {
+        guard let operation else { return }
+        state.withLock { state in
+            if let last = state.lastOperation[group], last == operation { state.lastOperation[group] = nil }
+        }
     }
 
     /// Removes a member; when it was the last, runs `onLastMember` after the group's previous operation.
@@ -172,9 +182,7 @@ public final class GroupRegistry: Sendable {
             return task
         }
         try await operation?.value
-        state.withLock { state in
-            if state.members[group] == nil, let last = state.lastOperation[group], last == operation { state.lastOperation[group] = nil }
-        }
+        forgetIfLatest(group, operation)
     }
 
     /// Delivers to every local member of `group`; returns how many received it.

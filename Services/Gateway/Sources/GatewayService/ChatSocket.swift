@@ -84,9 +84,14 @@ final class ChatSocketHandler: ChannelInboundHandler {
     enum Phase { case opening, live, closed }
 
     let services: SocketServices
+    /// The upgrade request's head, until the opener has it (it holds every header: not kept per socket).
+    private var head: HTTPRequestHead?
     let endpoint: SocketEndpoint
-    let head: HTTPRequestHead
-    var logger: Logger
+    var logger: Logger {
+        var logger = services.logger
+        if let group = session?.group { logger[metadataKey: "chat.room"] = .string(group) }
+        return logger
+    }
 
     private var context: ChannelHandlerContext?
     private var member: SocketMember?
@@ -106,7 +111,6 @@ final class ChatSocketHandler: ChannelInboundHandler {
         self.services = services
         self.endpoint = endpoint
         self.head = head
-        self.logger = services.logger
     }
 
     // MARK: Channel events
@@ -118,7 +122,8 @@ final class ChatSocketHandler: ChannelInboundHandler {
         let member = SocketMember(memberID: registry.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
         registry.register(member)
         self.member = member
-        let opener = SessionOpener(services: services, endpoint: endpoint, headers: head.headers, uri: head.uri, member: member)
+        let opener = SessionOpener(services: services, endpoint: endpoint, headers: head?.headers ?? [:], uri: head?.uri ?? "", member: member)
+        head = nil
         let handler = member.handler
         Task {
             let outcome = await opener.open()
@@ -233,7 +238,6 @@ final class ChatSocketHandler: ChannelInboundHandler {
                 return
             }
             self.session = session
-            logger[metadataKey: "chat.room"] = .string(session.group)
             for frame in history.frames { write(frame) }
             if let first = history.firstSeq { lastSeq = first + Int64(history.frames.count) - 1 }
             if historyFailed { sendError("history unavailable") }

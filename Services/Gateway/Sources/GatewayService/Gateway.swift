@@ -29,7 +29,8 @@ public func buildApplication(_ configuration: GatewayConfiguration, logger: Logg
         logger.warning("CHAT_DEV_TOKENS is on: POST /api/dev/token mints tokens for anyone (development only)")
     }
     let server = makeServer(configuration: configuration, backend: backend, authenticator: authenticator, logger: logger)
-    return ServiceApplication(services: [connection, backend, layer, server], logger: logger)
+    return ServiceApplication(services: [connection, backend, layer, server, MemoryTrimmer(interval: configuration.mallocTrimInterval)],
+                              logger: logger)
 }
 
 func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, authenticator: Authenticator, logger: Logger) -> some Service {

@@ -37,6 +37,9 @@ public struct GatewayConfiguration: Sendable {
     /// `CHAT_MAX_CONNECTIONS`: WebSockets this process holds; past it upgrades get 503 (default: the
     /// open-files limit less 512).
     public var maxConnections: Int?
+    /// `CHAT_MALLOC_TRIM_SECONDS` (default 10; 0 turns it off): how often freed heap is handed back to the
+    /// system, so that resident memory follows the sockets held rather than the last burst.
+    public var mallocTrimInterval: Duration = .seconds(10)
 
     public init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
@@ -78,6 +81,13 @@ public struct GatewayConfiguration: Sendable {
                 .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.nilIfEmpty,
             maxBodyBytes: env.int("CHAT_MAX_BODY_BYTES", default: 16384),
             maxConnections: env.int("CHAT_MAX_CONNECTIONS", default: 0) > 0 ? env.int("CHAT_MAX_CONNECTIONS", default: 0) : nil)
+            .with(\.mallocTrimInterval, .seconds(env.int("CHAT_MALLOC_TRIM_SECONDS", default: 10)))
+    }
+
+    func with<Value>(_ key: WritableKeyPath<Self, Value>, _ value: Value) -> Self {
+        var copy = self
+        copy[keyPath: key] = value
+        return copy
     }
 
     public static func randomID() -> String {
