@@ -151,17 +151,55 @@ struct Delivery {
     var sentAt: UInt64
 }
 
-/// `"message": "<run>|<room>|<sender>|<n>|<t>"` → its parts, scanning the frame (no JSON decoding per frame;
-/// ours writes no space after the colon, Django's writes one).
+/// `"message": "<run>|<room>|<sender>|<n>|<t>"` → its parts, scanning the frame's UTF-8 bytes (no JSON
+/// decoding and no Foundation string search per frame: the generator must stay cheap).
+private let messageKey: [UInt8] = Array("\"message\"".utf8)
+
 func parseDelivery(_ frame: String) -> Delivery? {
-    guard let key = frame.range(of: "\"message\"") else { return nil }
-    var i = key.upperBound
-    let end = frame.endIndex
-    while i < end, frame[i] == ":" || frame[i] == " " { i = frame.index(after: i) }
-    guard i < end, frame[i] == "\"" else { return nil }
-    i = frame.index(after: i)
-    guard let close = frame[i...].firstIndex(of: "\"") else { return nil }
-    let parts = frame[i..<close].split(separator: "|")
-    guard parts.count == 5, let room = Int(parts[1]), let sender = Int(parts[2]), let n = Int(parts[3]), let t = UInt64(parts[4]) else { return nil }
-    return Delivery(runID: parts[0], room: room, sender: sender, n: n, sentAt: t)
+    var frame = frame
+    return frame.withUTF8 { bytes -> Delivery? in
+        let key = messageKey
+        let count = bytes.count
+        var i = 0
+        var found = -1
+        while i + key.count <= count {
+            if bytes[i] == UInt8(ascii: "\""), bytes[i + 1] == UInt8(ascii: "m") {
+                var match = true
+                for k in 2..<key.count where bytes[i + k] != key[k] { match = false; break }
+                if match { found = i + key.count; break }
+            }
+            i += 1
+        }
+        guard found >= 0 else { return nil }
+        i = found
+        while i < count, bytes[i] == UInt8(ascii: ":") || bytes[i] == UInt8(ascii: " ") { i += 1 }
+        guard i < count, bytes[i] == UInt8(ascii: "\"") else { return nil }
+        i += 1
+        // run id, then four unsigned integers separated by '|', up to the closing quote.
+        let runStart = i
+        while i < count, bytes[i] != UInt8(ascii: "|"), bytes[i] != UInt8(ascii: "\"") { i += 1 }
+        guard i < count, bytes[i] == UInt8(ascii: "|") else { return nil }
+        let runID = Substring(decoding: UnsafeBufferPointer(rebasing: bytes[runStart..<i]), as: UTF8.self)
+        var numbers: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        for field in 0..<4 {
+            i += 1
+            var value: UInt64 = 0
+            var digits = 0
+            while i < count, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") {
+                value = value &* 10 &+ UInt64(bytes[i] - UInt8(ascii: "0"))
+                digits += 1
+                i += 1
+            }
+            guard digits > 0, i < count else { return nil }
+            let terminator: UInt8 = field == 3 ? UInt8(ascii: "\"") : UInt8(ascii: "|")
+            guard bytes[i] == terminator else { return nil }
+            switch field {
+            case 0: numbers.0 = value
+            case 1: numbers.1 = value
+            case 2: numbers.2 = value
+            default: numbers.3 = value
+            }
+        }
+        return Delivery(runID: runID, room: Int(numbers.0), sender: Int(numbers.1), n: Int(numbers.2), sentAt: numbers.3)
+    }
 }

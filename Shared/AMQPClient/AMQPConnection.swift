@@ -178,6 +178,14 @@ public final class AMQPConnection: Service, Sendable {
         return confirmation
     }
 
+    /// Publishes what `produce` returns when the connection's thread gets to it: a caller that gathers
+    /// messages (from many sockets) until then sends them as one batch, as large as the thread's backlog
+    /// makes it, with no task or timer per batch. `produce` runs on the connection's thread, in order with
+    /// the other publishes; it returns nil when there is nothing to send.
+    public func publishWhenReady(_ produce: @escaping @Sendable () -> AMQPProducedBatch?) {
+        enqueue(.publishProduced(produce))
+    }
+
     // MARK: Consuming
 
     /// Starts a consumer with manual acknowledgements (unless `autoAck`) and at most `prefetch` unacknowledged
@@ -221,6 +229,17 @@ public final class AMQPConnection: Service, Sendable {
     func wake() {
         var byte: UInt8 = 1
         _ = write(wakeWriteFD, &byte, 1)
+    }
+}
+
+/// Messages for ``AMQPConnection/publishWhenReady(_:)`` and the confirmation they complete.
+public struct AMQPProducedBatch: Sendable {
+    public var messages: [AMQPOutgoingMessage]
+    public var confirmation: AMQPConfirmation
+
+    public init(messages: [AMQPOutgoingMessage], confirmation: AMQPConfirmation) {
+        self.messages = messages
+        self.confirmation = confirmation
     }
 }
 
@@ -307,6 +326,7 @@ enum AMQPCommand: Sendable {
     case unbind(BindingSpec, CheckedContinuation<Void, any Error>)
     case publish([AMQPOutgoingMessage], CheckedContinuation<Void, any Error>)
     case publishTracked([AMQPOutgoingMessage], AMQPConfirmation)
+    case publishProduced(@Sendable () -> AMQPProducedBatch?)
     case consume(ConsumerRecord)
     case cancelConsumer(Int)
     case ack(channel: UInt16, generation: UInt64, tag: UInt64, multiple: Bool)
@@ -321,6 +341,8 @@ enum AMQPCommand: Sendable {
             c.resume(throwing: error)
         case .publishTracked(_, let confirmation):
             confirmation.complete(.failure(error))
+        case .publishProduced(let produce):
+            produce()?.confirmation.complete(.failure(error))
         case .consume(let record):
             record.continuation.finish()
         case .cancelConsumer, .ack, .nack:

@@ -33,6 +33,8 @@ public enum AMQPFieldValue: Sendable, Equatable, Hashable {
     case string(String)
     case int(Int64)
     case bool(Bool)
+    /// An array of strings (sent only; e.g. RabbitMQ's `CC` header).
+    case strings([String])
 
     public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
     public var intValue: Int64? { if case .int(let i) = self { i } else { nil } }

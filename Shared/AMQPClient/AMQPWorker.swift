@@ -299,6 +299,14 @@ final class AMQPWorker: @unchecked Sendable {
             try publish(messages, batch: ConfirmBatch(remaining: messages.count, continuation: c))
         case .publishTracked(let messages, let confirmation):
             try publish(messages, batch: ConfirmBatch(remaining: messages.count, confirmation: confirmation))
+        case .publishProduced(let produce):
+            if let batch = produce() {
+                if batch.messages.isEmpty {
+                    batch.confirmation.complete(.success(()))
+                } else {
+                    try publish(batch.messages, batch: ConfirmBatch(remaining: batch.messages.count, confirmation: batch.confirmation))
+                }
+            }
         case .consume(let record):
             consumers[record.id] = record
             try startConsumerOrDrop(record)
@@ -685,10 +693,18 @@ final class CArena {
             case .string(let s): chat_field_utf8(bytes(s))
             case .int(let i): chat_field_i64(i)
             case .bool(let b): chat_field_bool(b ? 1 : 0)
+            case .strings(let strings): array(strings)
             }
             (entries + index).initialize(to: amqp_table_entry_t(key: bytes(key), value: field))
         }
         return amqp_table_t(num_entries: Int32(table.count), entries: entries)
+    }
+
+    func array(_ strings: [String]) -> amqp_field_value_t {
+        let entries = UnsafeMutablePointer<amqp_field_value_t>.allocate(capacity: max(1, strings.count))
+        allocations.append(UnsafeMutableRawPointer(entries))
+        for (index, string) in strings.enumerated() { (entries + index).initialize(to: chat_field_utf8(bytes(string))) }
+        return chat_field_array(entries, Int32(strings.count))
     }
 
     func properties(_ p: AMQPProperties) -> amqp_basic_properties_t {

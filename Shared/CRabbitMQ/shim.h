@@ -38,6 +38,10 @@ static inline amqp_field_value_t chat_field_bool(int b) {
     amqp_field_value_t v; v.kind = AMQP_FIELD_KIND_BOOLEAN; v.value.boolean = b ? 1 : 0; return v;
 }
 
+static inline amqp_field_value_t chat_field_array(amqp_field_value_t *entries, int count) {
+    amqp_field_value_t v; v.kind = AMQP_FIELD_KIND_ARRAY; v.value.array.num_entries = count; v.value.array.entries = entries; return v;
+}
+
 /// Reads a header's integer value (any integer kind) or returns `fallback`.
 static inline int64_t chat_field_as_i64(const amqp_field_value_t *v, int64_t fallback) {
     switch (v->kind) {

@@ -49,7 +49,9 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
             return
         }
         let headers = delivery.properties.headers
-        if let group = headers[ChatTopology.groupHeader]?.stringValue {
+        if let runs = headers[ChatTopology.runsHeader]?.stringValue {
+            routeRuns(runs, body: delivery.body)
+        } else if let group = headers[ChatTopology.groupHeader]?.stringValue {
             let seq = headers[ChatTopology.seqHeader]?.intValue
             if headers[ChatTopology.countHeader] != nil, let first = seq {
                 // A run of consecutive messages of one room: one frame per line, seqs from `first`.
@@ -64,6 +66,31 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
             _ = registry.deliver(ChannelMessage(body: delivery.body), toLocalID: Int(local))
         } else {
             logger.debug("dropping a message with neither group nor channel", metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
+        }
+    }
+
+    /// A multi-room broadcast: each run goes to its group's local members (rooms this process does not hold
+    /// are skipped: the message reached this queue through another room's key).
+    func routeRuns(_ runs: String, body: ByteBuffer) {
+        let frames = FrameBatch.split(body)
+        var offset = 0
+        for line in runs.split(separator: "\n") {
+            let fields = line.split(separator: "\t")
+            guard fields.count == 3, let first = Int64(fields[1]), let count = Int(fields[2]), count > 0,
+                  offset + count <= frames.count else {
+                logger.warning("dropping a malformed multi-room broadcast", metadata: ["x-runs": "\(line)"])
+                return
+            }
+            let group = String(fields[0])
+            if registry.memberCount(group) > 0 {
+                var messages: [ChannelMessage] = []
+                messages.reserveCapacity(count)
+                for index in 0..<count {
+                    messages.append(ChannelMessage(body: frames[offset + index], group: group, seq: first + Int64(index)))
+                }
+                registry.dispatch(messages, to: group)
+            }
+            offset += count
         }
     }
 
@@ -104,6 +131,27 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
                 ChatTopology.groupHeader: .string(group), ChatTopology.seqHeader: .int(firstSeq),
                 ChatTopology.countHeader: .int(Int64(frames.count)),
             ]))
+    }
+
+    /// One AMQP message carrying runs of stored messages of many groups: routed with the first group's key and
+    /// the others in `CC`, so each gateway queue bound to any of them gets it once. Runs are
+    /// `(group, first seq, frames)`, in the order their frames appear in the body.
+    public static func groupRunsMessage(_ runs: [(group: String, first: Int64, frames: [String])]) -> AMQPOutgoingMessage {
+        var description = ""
+        var keys: [String] = []
+        var seenKeys = Set<String>()
+        var frames: [String] = []
+        for run in runs {
+            description += "\(run.group)\t\(run.first)\t\(run.frames.count)\n"
+            let key = RoomName.groupKey(for: run.group)
+            if seenKeys.insert(key).inserted { keys.append(key) }
+            frames += run.frames
+        }
+        var headers: AMQPTable = [ChatTopology.runsHeader: .string(description)]
+        if keys.count > 1 { headers[ChatTopology.ccHeader] = .strings(Array(keys.dropFirst())) }
+        return AMQPOutgoingMessage(
+            exchange: ChatTopology.groupsExchange, routingKey: keys.first ?? "", body: ByteBuffer(string: FrameBatch.join(frames)),
+            properties: AMQPProperties(headers: headers))
     }
 
     public func send(toChannel name: String, message: ChannelMessage) async throws {

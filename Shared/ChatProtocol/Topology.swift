@@ -18,6 +18,11 @@ public enum ChatTopology {
     /// Header carrying the process-local channel of a direct `send`.
     public static let channelHeader = "x-channel"
     public static let countHeader = "x-count"
+    /// Header of a multi-room broadcast: one line per run, `<group>\t<first seq>\t<count>`, in body order.
+    /// The message is published once with the first room's routing key and the others in `CC`.
+    public static let runsHeader = "x-runs"
+    /// RabbitMQ's sender-selected distribution: extra routing keys, each queue gets the message once.
+    public static let ccHeader = "CC"
 
     /// Exclusive, auto-deleted queue of one gateway process: group broadcasts, direct sends and replies.
     public static func gatewayQueue(_ gatewayID: String) -> String { "chat.gateway." + gatewayID }

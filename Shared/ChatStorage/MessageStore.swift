@@ -1,9 +1,15 @@
 import ChatProtocol
+import Synchronization
 
 /// Where the persistence service keeps messages: table `chat_messages`, one row per message,
 /// unique on `id` (idempotent writes) and on `(grp, seq)` (per-room order).
 public final class MessageStore: Sendable {
     public let database: any SQLDatabase
+    /// The next seq of the rooms this process has written to. The writer is the queue's single active
+    /// consumer, so between its own writes nobody else assigns seqs; should another instance have written
+    /// meanwhile (a failover and back), the insert fails on `UNIQUE (grp, seq)`, the cache is dropped and the
+    /// batch is stored again from the table's own maxima.
+    private let nextSeqCache = Mutex<[String: Int64]>([:])
 
     public init(database: any SQLDatabase) {
         self.database = database
@@ -33,47 +39,63 @@ public final class MessageStore: Sendable {
     /// (the caller then stores again with the check).
     public func store(_ batch: [InboundChatMessage], checkExisting: Bool = true) async throws -> [StoredChatMessage] {
         if batch.isEmpty { return [] }
-        return try await database.transaction { tx in
-            var stored: [String: StoredChatMessage] = [:]
-            // Existing rows (redeliveries), in chunks to stay under every bind-parameter limit.
-            let ids = checkExisting ? Array(Set(batch.map(\.id))) : []
-            for chunk in stride(from: 0, to: ids.count, by: 500).map({ Array(ids[$0..<min($0 + 500, ids.count)]) }) {
-                let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
-                let rows = try await tx.query(
-                    "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE id IN (\(marks))",
-                    chunk.map { .text($0) })
-                for row in rows { let m = Self.message(row); stored[m.id] = m }
-            }
-            // Next seq per room, for all the batch's rooms in one query per 500 rooms.
-            var nextSeq: [String: Int64] = [:]
-            let groups = Array(Set(batch.filter { stored[$0.id] == nil }.map(\.group)))
-            for chunk in stride(from: 0, to: groups.count, by: 500).map({ Array(groups[$0..<min($0 + 500, groups.count)]) }) {
-                for group in chunk { nextSeq[group] = 1 }
-                let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
-                let rows = try await tx.query("SELECT grp, MAX(seq) FROM chat_messages WHERE grp IN (\(marks)) GROUP BY grp",
-                                              chunk.map { .text($0) })
-                for row in rows { if let g = row[0].string, let max = row[1].int { nextSeq[g] = max + 1 } }
-            }
-            var inserts: [StoredChatMessage] = []
-            for message in batch where stored[message.id] == nil {
-                let seq = nextSeq[message.group]!
-                nextSeq[message.group] = seq + 1
-                let row = StoredChatMessage(id: message.id, group: message.group, seq: seq, sender: message.sender,
-                                            text: message.text, createdAt: message.receivedAt)
-                stored[message.id] = row
-                inserts.append(row)
-            }
-            for chunk in stride(from: 0, to: inserts.count, by: 200).map({ Array(inserts[$0..<min($0 + 200, inserts.count)]) }) {
-                let values = Array(repeating: "(?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
-                var binds: [SQLValue] = []
-                binds.reserveCapacity(chunk.count * 6)
-                for m in chunk {
-                    binds += [.text(m.id), .text(m.group), .int(m.seq), m.sender.map { .text($0) } ?? .null, .text(m.text), .int(m.createdAt)]
+        let result: ([StoredChatMessage], [String: Int64])
+        do {
+            result = try await database.transaction { tx in
+                var stored: [String: StoredChatMessage] = [:]
+                // Existing rows (redeliveries), in chunks to stay under every bind-parameter limit.
+                let ids = checkExisting ? Array(Set(batch.map(\.id))) : []
+                for chunk in stride(from: 0, to: ids.count, by: 500).map({ Array(ids[$0..<min($0 + 500, ids.count)]) }) {
+                    let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
+                    let rows = try await tx.query(
+                        "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE id IN (\(marks))",
+                        chunk.map { .text($0) })
+                    for row in rows { let m = Self.message(row); stored[m.id] = m }
                 }
-                _ = try await tx.query("INSERT INTO chat_messages (id, grp, seq, sender, body, created_at) VALUES \(values)", binds)
+                // Next seq per room: from the cache, else for all the batch's other rooms in one query per 500 rooms.
+                let batchGroups = Set(batch.filter { stored[$0.id] == nil }.map(\.group))
+                var nextSeq = nextSeqCache.withLock { cache in
+                    var known: [String: Int64] = [:]
+                    for group in batchGroups { if let seq = cache[group] { known[group] = seq } }
+                    return known
+                }
+                let groups = batchGroups.filter { nextSeq[$0] == nil }.sorted()
+                for chunk in stride(from: 0, to: groups.count, by: 500).map({ Array(groups[$0..<min($0 + 500, groups.count)]) }) {
+                    for group in chunk { nextSeq[group] = 1 }
+                    let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
+                    let rows = try await tx.query("SELECT grp, MAX(seq) FROM chat_messages WHERE grp IN (\(marks)) GROUP BY grp",
+                                                  chunk.map { .text($0) })
+                    for row in rows { if let g = row[0].string, let max = row[1].int { nextSeq[g] = max + 1 } }
+                }
+                var inserts: [StoredChatMessage] = []
+                for message in batch where stored[message.id] == nil {
+                    let seq = nextSeq[message.group]!
+                    nextSeq[message.group] = seq + 1
+                    let row = StoredChatMessage(id: message.id, group: message.group, seq: seq, sender: message.sender,
+                                                text: message.text, createdAt: message.receivedAt)
+                    stored[message.id] = row
+                    inserts.append(row)
+                }
+                for chunk in stride(from: 0, to: inserts.count, by: 200).map({ Array(inserts[$0..<min($0 + 200, inserts.count)]) }) {
+                    let values = Array(repeating: "(?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+                    var binds: [SQLValue] = []
+                    binds.reserveCapacity(chunk.count * 6)
+                    for m in chunk {
+                        binds += [.text(m.id), .text(m.group), .int(m.seq), m.sender.map { .text($0) } ?? .null, .text(m.text), .int(m.createdAt)]
+                    }
+                    _ = try await tx.query("INSERT INTO chat_messages (id, grp, seq, sender, body, created_at) VALUES \(values)", binds)
+                }
+                return (batch.map { stored[$0.id]! }, nextSeq)
             }
-            return batch.map { stored[$0.id]! }
+        } catch {
+            nextSeqCache.withLock { $0 = [:] }
+            throw error
         }
+        nextSeqCache.withLock { cache in
+            if cache.count > 100_000 { cache = [:] }
+            cache.merge(result.1) { _, new in new }
+        }
+        return result.0
     }
 
     /// The last `limit` messages of a room before `beforeSeq` (all when nil), oldest first.

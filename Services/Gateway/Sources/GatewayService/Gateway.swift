@@ -190,18 +190,18 @@ public enum GatewayConfigurationError: Error, CustomStringConvertible {
     }
 }
 
-/// Coalesces the client messages that arrive together, from every socket of this gateway, into one AMQP
-/// message (a JSON array) on `chat.inbound`. A batch is flushed when it reaches `maxBatch` or as soon as the
-/// submitting task yields, so a lone message waits for nothing. Flushes enqueue in order, so a socket's
-/// messages keep their order; every message of a batch shares the batch's confirmation.
+/// Coalesces the client messages of every socket of this gateway into one AMQP message (a JSON array) on
+/// `chat.inbound`. The first message after a cut asks the AMQP connection to publish "when ready": the batch
+/// is cut when its thread gets to that request, so it holds whatever arrived meanwhile, one message when the
+/// gateway is quiet and hundreds under load, with no task or timer per batch. Cuts happen in order on that
+/// thread, so a socket's messages keep their order; every message of a batch shares its confirmation.
 final class InboundBatcher: Sendable {
     struct State {
         var messages: [InboundChatMessage] = []
         var confirmation: AMQPConfirmation?
-        var scheduled = false
+        var requested = false
     }
     let connection: AMQPConnection
-    let maxBatch = 256
     private let state = Mutex(State())
 
     init(connection: AMQPConnection) {
@@ -209,39 +209,51 @@ final class InboundBatcher: Sendable {
     }
 
     func add(_ message: InboundChatMessage) -> AMQPConfirmation {
-        let (confirmation, schedule, full) = state.withLock { s -> (AMQPConfirmation, Bool, Bool) in
+        let (confirmation, request) = state.withLock { s -> (AMQPConfirmation, Bool) in
             let confirmation = s.confirmation ?? AMQPConfirmation()
             s.confirmation = confirmation
             s.messages.append(message)
-            if s.messages.count >= maxBatch { return (confirmation, false, true) }
-            if !s.scheduled {
-                s.scheduled = true
-                return (confirmation, true, false)
-            }
-            return (confirmation, false, false)
+            if s.requested { return (confirmation, false) }
+            s.requested = true
+            return (confirmation, true)
         }
-        if full { flush() }
-        if schedule { Task { self.flush() } }
+        if request { connection.publishWhenReady { [self] in cut() } }
         return confirmation
     }
 
-    func flush() {
-        state.withLock { s in
-            s.scheduled = false
-            guard !s.messages.isEmpty, let confirmation = s.confirmation else { return }
-            let batch = s.messages
-            s.messages = []
-            s.messages.reserveCapacity(32)
-            s.confirmation = nil
-            guard let body = try? JSONEncoder().encode(batch) else {
-                confirmation.complete(.failure(.nacked))
-                return
+    /// Takes everything gathered so far as one AMQP message (on the connection's thread).
+    func cut() -> AMQPProducedBatch? {
+        let (batch, confirmation) = state.withLock { s -> ([InboundChatMessage], AMQPConfirmation?) in
+            s.requested = false
+            defer {
+                s.messages = []
+                s.confirmation = nil
             }
-            // Enqueued under the lock: batches reach the broker in the order they were cut.
-            connection.publishPipelined([AMQPOutgoingMessage(
-                exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.inboundRoutingKey, body: ByteBuffer(bytes: body),
-                properties: AMQPProperties(persistent: true, headers: [ChatTopology.countHeader: .int(Int64(batch.count))]),
-                mandatory: true)], confirmation: confirmation)
+            return (s.messages, s.confirmation)
         }
+        guard let confirmation, !batch.isEmpty else { return nil }
+        return AMQPProducedBatch(messages: [AMQPOutgoingMessage(
+            exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.inboundRoutingKey, body: ByteBuffer(string: Self.encode(batch)),
+            properties: AMQPProperties(persistent: true, headers: [ChatTopology.countHeader: .int(Int64(batch.count))]),
+            mandatory: true)], confirmation: confirmation)
+    }
+
+    /// `[{"id","group","sender"?,"text","receivedAt"}, …]`: what `InboundChatMessage`'s Codable reads.
+    static func encode(_ batch: [InboundChatMessage]) -> String {
+        var out = "["
+        for (index, message) in batch.enumerated() {
+            if index > 0 { out.append(",") }
+            var object = JSONWriter()
+            object.beginObject()
+            object.field("id", message.id)
+            object.field("group", message.group)
+            object.field("sender", message.sender)
+            object.field("text", message.text)
+            object.field("receivedAt", message.receivedAt)
+            object.endObject()
+            out.append(object.output)
+        }
+        out.append("]")
+        return out
     }
 }

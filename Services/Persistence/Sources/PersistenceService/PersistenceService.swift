@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import ServiceKit
 import ServiceLifecycle
+import Synchronization
 
 /// Configuration of the persistence service, read from the environment in one place.
 public struct PersistenceConfiguration: Sendable {
@@ -69,14 +70,22 @@ final class MessageWriter: Service {
         try await declareTopology(connection)
         logger.info("persistence writer consuming")
         let consumer = connection.consume(queue: ChatTopology.inboundQueue, prefetch: UInt16(clamping: prefetch))
+        // Everything delivered while a batch is being stored makes the next batch (one transaction, one
+        // broadcast per room), so batches grow with the load instead of the transaction count.
+        let gathered = Gathering<AMQPDelivery>()
+        async let pumping: Void = {
+            for await batch in consumer.batches.cancelOnGracefulShutdown() { gathered.append(batch) }
+            gathered.finish()
+        }()
         // Storing batch N+1 overlaps with waiting for batch N's broadcast confirms; acks stay in order.
         let (acks, ackContinuation) = AsyncStream<PendingAck>.makeStream(bufferingPolicy: .unbounded)
         async let acking: Void = acknowledge(acks)
-        for await batch in consumer.batches.cancelOnGracefulShutdown() {
+        while let batch = await gathered.next() {
             if let pending = await handle(batch) { ackContinuation.yield(pending) }
         }
         ackContinuation.finish()
         await acking
+        await pumping
     }
 
     /// A stored batch waiting for its broadcasts to be confirmed before it is acknowledged.
@@ -148,7 +157,11 @@ final class MessageWriter: Service {
                 runs.append((message.group, message.seq, [message.clientFrame]))
             }
         }
-        let broadcasts = runs.map { AMQPChannelLayer.groupRunMessage($0.group, frames: $0.frames, firstSeq: $0.first) }
+        // One AMQP message for up to 256 runs (routed to every gateway holding any of their rooms, see
+        // ``AMQPChannelLayer/groupRunsMessage(_:)``): the broker's cost follows batches, not rooms.
+        let broadcasts = stride(from: 0, to: runs.count, by: 256).map {
+            AMQPChannelLayer.groupRunsMessage(Array(runs[$0..<min($0 + 256, runs.count)]))
+        }
         logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
         return PendingAck(confirmation: connection.publishPipelined(broadcasts), deliveries: accepted)
     }
@@ -228,6 +241,52 @@ final class HistoryResponder: Service {
             if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) { send(reply) }
         } catch {
             logger.error("history request failed", metadata: ["error": "\(error)", "chat.room": "\(request.group)"])
+        }
+    }
+}
+
+/// Items handed over from one task to another, taken all at once: ``next()`` returns everything appended
+/// since the previous call (waiting when there is nothing), or nil once finished and drained.
+final class Gathering<Element: Sendable>: Sendable {
+    private struct State {
+        var items: [Element] = []
+        var waiter: CheckedContinuation<[Element]?, Never>?
+        var finished = false
+    }
+    private let state = Mutex(State())
+
+    func append(_ items: [Element]) {
+        let resume = state.withLock { s -> (CheckedContinuation<[Element]?, Never>, [Element])? in
+            s.items += items
+            guard let waiter = s.waiter else { return nil }
+            s.waiter = nil
+            defer { s.items = [] }
+            return (waiter, s.items)
+        }
+        if let (waiter, items) = resume { waiter.resume(returning: items) }
+    }
+
+    func finish() {
+        let waiter = state.withLock { s -> CheckedContinuation<[Element]?, Never>? in
+            s.finished = true
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    func next() async -> [Element]? {
+        await withCheckedContinuation { (c: CheckedContinuation<[Element]?, Never>) in
+            let ready = state.withLock { s -> [Element]?? in
+                if !s.items.isEmpty {
+                    defer { s.items = [] }
+                    return .some(s.items)
+                }
+                if s.finished { return .some(nil) }
+                s.waiter = c
+                return .none
+            }
+            if let ready { c.resume(returning: ready) }
         }
     }
 }
