@@ -6,7 +6,7 @@ public struct Email: Hashable, Sendable, Codable, CustomStringConvertible {
     public let value: String
 
     public init(validating raw: String) throws(ChatError) {
-        let trimmed = raw.trimmingCharacters(in: .whitespaces)
+        let trimmed = raw.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw .invalidFrame("email must not be empty") }
         guard trimmed.utf8.count <= 254 else { throw .invalidFrame("email is too long") }
         let parts = trimmed.split(separator: "@", omittingEmptySubsequences: false)
@@ -112,7 +112,7 @@ public enum ConsultClientFrame: Equatable, Sendable {
         func email(_ key: String) throws(ChatError) -> Email {
             guard let raw = object[key] else { throw .invalidFrame("missing field '\(key)'") }
             guard let string = raw as? String, !(raw is NSNumber) else { throw .invalidFrame("'\(key)' must be a string") }
-            guard !string.trimmingCharacters(in: .whitespaces).isEmpty else { throw .invalidFrame("'\(key)' must not be empty") }
+            guard !string.isBlank else { throw .invalidFrame("'\(key)' must not be empty") }
             return try Email(validating: string)
         }
         let sender: Email? = object["sender_email"] == nil || object["sender_email"] is NSNull ? nil : try email("sender_email")

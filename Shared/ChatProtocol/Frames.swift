@@ -30,7 +30,7 @@ public enum ClientFrame {
         guard let text = value as? String, !(value is NSNumber) else {
             throw .invalidFrame("'message' must be a string")
         }
-        guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+        guard !text.isBlank else {
             throw .invalidFrame("'message' must not be empty")
         }
         return text
@@ -142,5 +142,22 @@ public enum FrameBatch {
             body.moveReaderIndex(forwardBy: min(1, body.readableBytes))
         }
         return frames
+    }
+}
+
+extension String {
+    /// Whether it is empty or only white space and newlines (pure Swift: Foundation's trimming bridges to
+    /// NSString, which showed in the gateway's profile once per client frame).
+    public var isBlank: Bool {
+        unicodeScalars.allSatisfy { $0.properties.isWhitespace }
+    }
+
+    /// Without leading and trailing white space and newlines.
+    public func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+        let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
+        if first == scalars.startIndex && last == scalars.index(before: scalars.endIndex) { return self }
+        return String(scalars[first...last])
     }
 }

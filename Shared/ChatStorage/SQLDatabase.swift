@@ -62,11 +62,16 @@ public final class SQLiteDatabase: SQLDatabase {
     public let dialect = SQLDialect.sqlite
     let writer: SQLiteConnection
     let reader: SQLiteConnection
+    /// Copies the WAL into the database file in the background (nil in memory): the writer never checkpoints
+    /// itself, so no commit waits for a checkpoint's writes and fsync.
+    let checkpointer: SQLiteConnection?
     let writeLock = AsyncLock()
+    static let checkpointInterval: Duration = .milliseconds(500)
 
-    init(writer: SQLiteConnection, reader: SQLiteConnection) {
+    init(writer: SQLiteConnection, reader: SQLiteConnection, checkpointer: SQLiteConnection? = nil) {
         self.writer = writer
         self.reader = reader
+        self.checkpointer = checkpointer
     }
 
     public static func open(path: String, logger: Logger) async throws -> SQLiteDatabase {
@@ -80,19 +85,36 @@ public final class SQLiteDatabase: SQLDatabase {
         _ = try await Self.run(writer, "PRAGMA journal_mode=WAL", [])
         _ = try await Self.run(writer, "PRAGMA synchronous=NORMAL", [])
         _ = try await Self.run(writer, "PRAGMA busy_timeout=5000", [])
+        // Statement journals in memory: a multi-row insert inside a transaction writes one.
+        _ = try await Self.run(writer, "PRAGMA temp_store=MEMORY", [])
+        _ = try await Self.run(writer, "PRAGMA wal_autocheckpoint=0", [])
         let reader = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
         _ = try await Self.run(reader, "PRAGMA busy_timeout=5000", [])
-        return SQLiteDatabase(writer: writer, reader: reader)
+        let checkpointer = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+        _ = try await Self.run(checkpointer, "PRAGMA busy_timeout=5000", [])
+        return SQLiteDatabase(writer: writer, reader: reader, checkpointer: checkpointer)
     }
 
-    /// Waits for graceful shutdown (or cancellation), then closes both connections. The close runs in a task
-    /// of its own, which cancellation cannot reach: the handles must be closed before they are released.
+    /// Checkpoints the WAL every half second (passive: it never blocks the writer or a reader) until graceful
+    /// shutdown or cancellation, then closes the connections. The close runs in a task of its own, which
+    /// cancellation cannot reach: the handles must be closed before they are released.
     public func run() async throws {
-        try? await gracefulShutdown()
+        if let checkpointer {
+            while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                try? await Task.sleep(for: Self.checkpointInterval)
+                _ = try? await Self.run(checkpointer, "PRAGMA wal_checkpoint(PASSIVE)", [])
+            }
+        } else {
+            try? await gracefulShutdown()
+        }
         try await Task { try await self.close() }.value
     }
 
     public func close() async throws {
+        if let checkpointer {
+            _ = try? await Self.run(checkpointer, "PRAGMA wal_checkpoint(TRUNCATE)", [])
+            try await checkpointer.close()
+        }
         try await writer.close()
         if reader !== writer { try await reader.close() }
     }
