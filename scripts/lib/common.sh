@@ -39,6 +39,7 @@ wait_port() {
 }
 
 # start_rabbitmq STATE_DIR PORT: a private RabbitMQ node on 127.0.0.1:PORT with its data under STATE_DIR.
+# The node runs in STATE_DIR, so what Erlang writes to its working folder (MnesiaCore.* dumps) stays there.
 # Sets RABBIT_NODE and RABBIT_URL.
 start_rabbitmq() {
   local dir="$1" port="$2"
@@ -58,7 +59,7 @@ CONF
     RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq" \
     RABBITMQ_PID_FILE="$dir/rabbit.pid" ERL_CRASH_DUMP="$dir/log/erl_crash.dump" \
     ERL_EPMD_ADDRESS=127.0.0.1 \
-    setsid /usr/lib/rabbitmq/bin/rabbitmq-server > "$dir/log/stdout.log" 2>&1 &
+    setsid env -C "$dir" /usr/lib/rabbitmq/bin/rabbitmq-server > "$dir/log/stdout.log" 2>&1 &
   echo $! > "$dir/launcher.pid"
   if ! "$RABBITMQCTL" -n "$RABBIT_NODE" wait --timeout 90 "$dir/rabbit.pid" >/dev/null 2>&1; then
     log "RabbitMQ did not start; its log:"; tail -30 "$dir/log/stdout.log" >&2; return 1
