@@ -41,7 +41,7 @@ struct ClientRunner: Sendable {
                     if let sender = plan.sender {
                         tasks.addTask {
                             await start.wait()
-                            let (sent, lag) = try await sendLoop(sender: sender, outbound: outbound, echoes: echoStream)
+                            let (sent, lag) = await sendLoop(sender: sender, outbound: outbound, echoes: echoStream)
                             result.withLock {
                                 $0.sent = sent
                                 $0.scheduleLagMaxMs = lag
@@ -114,13 +114,22 @@ struct ClientRunner: Sendable {
     }
 
     /// Open loop: message i goes at start + offset + i/rate whatever came back. Closed loop: at most
-    /// `window` of this sender's messages unechoed. Both stop at the end of the duration.
-    func sendLoop(sender: Int, outbound: WebSocketOutboundWriter, echoes: AsyncStream<Void>) async throws -> (Int, Double) {
+    /// `window` of this sender's messages unechoed. Both stop at the end of the duration, or when the run
+    /// stops them (cancelled) or the socket closes, and return how many were sent either way.
+    func sendLoop(sender: Int, outbound: WebSocketOutboundWriter, echoes: AsyncStream<Void>) async -> (Int, Double) {
+        var n = 0
+        var lagMax = 0.0
+        do {
+            try await sendLoop(sender: sender, outbound: outbound, echoes: echoes, sent: &n, lagMax: &lagMax)
+        } catch {}
+        return (n, lagMax)
+    }
+
+    private func sendLoop(sender: Int, outbound: WebSocketOutboundWriter, echoes: AsyncStream<Void>,
+                          sent n: inout Int, lagMax: inout Double) async throws {
         let clock = ContinuousClock()
         let begin = start.instant ?? clock.now
         let end = begin + .milliseconds(Int(options.duration * 1000))
-        var n = 0
-        var lagMax = 0.0
         if let rate {
             let interval = Duration.nanoseconds(Int64(1e9 / rate))
             let offset = Duration.nanoseconds(Int64(Double.random(in: 0..<1) * 1e9 / rate))
@@ -142,6 +151,12 @@ struct ClientRunner: Sendable {
             }
             defer { counter.cancel() }
             var credited = 0
+            if options.stopAfterFirstEcho {
+                // Idle probes are staggered (socket i starts at i / probe rate): a check that every socket answers
+                // must not turn into a burst of thousands of messages at once.
+                let due = begin + .nanoseconds(Int64(Double(plan.index) / options.probeRate * 1e9))
+                if due > clock.now { try await Task.sleep(until: due, clock: clock) }
+            }
             var waitingSince = clock.now
             while clock.now < end {
                 if options.stopAfterFirstEcho && echoCount.load(ordering: .relaxed) > 0 { break }
@@ -160,7 +175,6 @@ struct ClientRunner: Sendable {
                 }
             }
         }
-        return (n, lagMax)
     }
 }
 

@@ -28,9 +28,14 @@ struct Options: Sendable {
     var json: String?
     var idle: Int?
     var hold = 5.0
+    /// Idle mode: first probes per second across all sockets (they are staggered, not sent at once).
+    var probeRate = 400.0
     var threads = 2
     var label = ""
     var connectConcurrency = 256
+    /// New connections per second (nil: as fast as `connectConcurrency` allows). Idle mode defaults to 1,000/s:
+    /// each socket's join (room service, binding, history) runs after its handshake, which alone paces nothing.
+    var connectRate: Double?
 
     static let help = """
         LoadGenerator: drives a chat server that speaks the tutorial's protocols (ours, the Django reference,
@@ -50,6 +55,8 @@ struct Options: Sendable {
           --p99-limit-ms MS       default 100
           --pids P1,P2            server processes whose CPU time and peak RSS to report
           --idle N --hold S       idle mode: hold N connections, check each answers, report RSS per connection
+          --probe-rate R          idle mode: first probes per second, staggered over the sockets (default 400)
+          --connect-rate R        new connections per second (idle mode default 1000; otherwise unpaced)
           --threads N             event loop threads of the generator (default 2)
           --json FILE             also write the report as JSON
           --label TEXT
@@ -86,9 +93,11 @@ struct Options: Sendable {
             case "--json": o.json = value()
             case "--idle": o.idle = int("--idle")
             case "--hold": o.hold = double("--hold")
+            case "--probe-rate": o.probeRate = double("--probe-rate")
             case "--threads": o.threads = int("--threads")
             case "--label": o.label = value()
             case "--connect-concurrency": o.connectConcurrency = int("--connect-concurrency")
+            case "--connect-rate": o.connectRate = double("--connect-rate")
             case "-h", "--help": print(help); exit(0)
             default: fail("unknown option \(arguments[i])")
             }

@@ -28,7 +28,12 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
                 let r = runners[next]; next += 1
                 tasks.addTask { await r.run() }
             }
+            let connectStart = ContinuousClock.now
             while next < runners.count {
+                if let rate = o.connectRate {
+                    let due = connectStart + .nanoseconds(Int64(Double(next) / rate * 1e9))
+                    if due > .now { try? await Task.sleep(until: due) }
+                }
                 while progress.connected.load(ordering: .relaxed) + progress.failed.load(ordering: .relaxed) < next - o.connectConcurrency / 2 {
                     try? await Task.sleep(for: .milliseconds(5))
                 }
@@ -39,7 +44,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
         }
     }
     // Wait for every connection (or its failure), let joins settle, then start.
-    let connectDeadline = ContinuousClock.now + .seconds(60)
+    let connectDeadline = ContinuousClock.now + .seconds(60 + Int(Double(runners.count) / (o.connectRate ?? .infinity)))
     while progress.connected.load(ordering: .relaxed) + progress.failed.load(ordering: .relaxed) < runners.count, ContinuousClock.now < connectDeadline {
         try await Task.sleep(for: .milliseconds(20))
     }
@@ -107,7 +112,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
 }
 
 /// Idle mode: open N connections, each alone in its own room, hold them, then check that each still answers:
-/// every socket sends probes (one at a time, again after `--echo-timeout` without an echo) until its own
+/// every socket sends probes (the first ones staggered at `--probe-rate`, one at a time, again after `--echo-timeout` without an echo) until its own
 /// echo comes back. Reports the first server PID's RSS growth per connection, read once every socket has
 /// connected and settled, just before the probes.
 func runIdle(_ o: Options, count: Int) async throws -> Report {
@@ -117,14 +122,18 @@ func runIdle(_ o: Options, count: Int) async throws -> Report {
     idle.sendersPerRoom = 1
     idle.window = 1
     idle.stopAfterFirstEcho = true
+    // A probe is re-sent only after 30 s without its echo: under a slow server, quicker retries only pile on load.
+    idle.echoTimeout = max(o.echoTimeout, 30)
     idle.rate = nil
-    idle.duration = max(o.duration, 10)
-    // Every socket joins its room (room service, binding, history) after its handshake: give the joins time.
-    idle.settle = o.hold + Double(count) / 1500
+    // The probes are staggered over count / probe rate seconds; each socket then has 15 s to answer.
+    idle.duration = max(o.duration, Double(count) / o.probeRate + 15)
+    // Connections are paced (each joins its room after its handshake); the last joins get `--hold` to land.
+    idle.connectRate = o.connectRate ?? 1000
+    idle.settle = o.hold
     let before = o.pids.first.map(ProcessStats.rssKiB) ?? 0
     var report = try await runLoad(idle, rate: nil)
     report.mode = "idle"
-    report.shape = "idle \(count) connections, one per room, held \(Int(idle.settle)) s"
+    report.shape = "idle \(count) connections, one per room, opened at \(Int(idle.connectRate ?? 0))/s, held \(Int(idle.settle)) s"
     report.idleConnectionsAnswering = report.connectionsReceiving
     if report.connectionsOpened > 0, o.pids.first != nil {
         report.serverRSSPerConnectionKiB = Double(report.firstServerRSSAtStartKiB - before) / Double(report.connectionsOpened)
