@@ -34,6 +34,18 @@ public enum ServiceLogging {
         logger.logLevel = Logger.Level(rawValue: environment.string("CHAT_LOG_LEVEL", default: "info")) ?? .info
         return logger
     }
+
+    /// Runs a service's `main`: an error that ends it (its port is taken, its database cannot be opened) is
+    /// logged as one line and the process exits with status 1, instead of a crash report.
+    public static func runMain(_ logger: Logger, _ body: () async throws -> Void) async -> Never {
+        do {
+            try await body()
+            exit(0)
+        } catch {
+            logger.critical("stopped by an error", metadata: ["error": "\(error)"])
+            exit(1)
+        }
+    }
 }
 
 public enum HealthRoutes {
@@ -79,6 +91,13 @@ public struct ServiceApplication: Service {
     }
 }
 
+/// Sleeps for `duration`, cut short by graceful shutdown or cancellation; returns false when the caller
+/// should stop (the process is shutting down).
+public func sleepUntilShutdown(for duration: Duration) async -> Bool {
+    _ = try? await cancelWhenGracefulShutdown { try await Task.sleep(for: duration) }
+    return !Task.isShuttingDownGracefully && !Task.isCancelled
+}
+
 /// A small HTTP server with the health routes, for services that serve nothing else over HTTP.
 public func makeHealthServer(service: String, host: String, port: Int, connection: AMQPConnection, logger: Logger,
                              extraRoutes: (Router<BasicRequestContext>) -> Void = { _ in }) -> some Service {
@@ -105,9 +124,12 @@ public struct MemoryTrimmer: Service {
     }
 
     public func run() async throws {
-        guard interval > .zero else { return }
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await Task.sleep(for: interval)
+        guard interval > .zero else {
+            // Off: stay in the group until shutdown (a part that returns would end the whole process).
+            try? await gracefulShutdown()
+            return
+        }
+        while await sleepUntilShutdown(for: interval) {
             #if os(Linux)
             _ = glibcMallocTrim(0)
             #endif

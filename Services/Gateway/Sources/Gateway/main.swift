@@ -2,7 +2,9 @@ import GatewayService
 import ServiceKit
 
 let logger = ServiceLogging.logger(label: "chat.gateway")
-let configuration = GatewayConfiguration.fromEnvironment()
-let application = try await buildApplication(configuration, logger: logger)
-logger.info("gateway listening", metadata: ["url": "http://\(configuration.host):\(configuration.port)/chat/"])
-try await application.run()
+await ServiceLogging.runMain(logger) {
+    let configuration = GatewayConfiguration.fromEnvironment()
+    let application = try await buildApplication(configuration, logger: logger)
+    logger.info("gateway listening", metadata: ["url": "http://\(configuration.host):\(configuration.port)/chat/"])
+    try await application.run()
+}

@@ -6,6 +6,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceKit
 import ServiceLifecycle
 import Synchronization
@@ -59,6 +60,7 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
             ChatServerChannel(responder: responder, sockets: sockets, policy: origins)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "swift-chat"),
+        eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)),
         logger: logger)
 }
 
@@ -83,8 +85,7 @@ final class GatewayBackend: Service {
 
     func run() async throws {
         try await declareTopology()
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await Task.sleep(for: configuration.heartbeatInterval)
+        while await sleepUntilShutdown(for: configuration.heartbeatInterval) {
             let heartbeat = RoomRequest(op: .heartbeat, gateway: configuration.gatewayID, rooms: layer.registry.memberCounts())
             try? await publish(heartbeat, to: ChatTopology.roomsQueue)
         }

@@ -1,5 +1,6 @@
 import Foundation
 import ServiceKit
+import NIOCore
 
 /// Configuration of the gateway, read from the environment in one place (README.md lists them).
 public struct GatewayConfiguration: Sendable {
@@ -40,6 +41,11 @@ public struct GatewayConfiguration: Sendable {
     /// `CHAT_MALLOC_TRIM_SECONDS` (default 10; 0 turns it off): how often freed heap is handed back to the
     /// system, so that resident memory follows the sockets held rather than the last burst.
     public var mallocTrimInterval: Duration = .seconds(10)
+    /// `CHAT_GATEWAY_THREADS` (default: half the cores, at least 1): event loop threads serving HTTP and
+    /// WebSockets. Fewer loops mean fewer thread hops per broadcast; the other cores go to the AMQP thread, the
+    /// broker and the other services when they share the machine (on 2 cores one loop measured best).
+    public var eventLoopThreads: Int = Self.defaultEventLoopThreads
+    public static var defaultEventLoopThreads: Int { max(1, System.coreCount / 2) }
 
     public init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
@@ -82,6 +88,7 @@ public struct GatewayConfiguration: Sendable {
             maxBodyBytes: env.int("CHAT_MAX_BODY_BYTES", default: 16384),
             maxConnections: env.int("CHAT_MAX_CONNECTIONS", default: 0) > 0 ? env.int("CHAT_MAX_CONNECTIONS", default: 0) : nil)
             .with(\.mallocTrimInterval, .seconds(env.int("CHAT_MALLOC_TRIM_SECONDS", default: 10)))
+            .with(\.eventLoopThreads, max(1, env.int("CHAT_GATEWAY_THREADS", default: Self.defaultEventLoopThreads)))
     }
 
     func with<Value>(_ key: WritableKeyPath<Self, Value>, _ value: Value) -> Self {

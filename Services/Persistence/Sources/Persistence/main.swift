@@ -2,5 +2,7 @@ import PersistenceService
 import ServiceKit
 
 let logger = ServiceLogging.logger(label: "chat.persistence")
-let application = try await buildApplication(.fromEnvironment(), logger: logger)
-try await application.run()
+await ServiceLogging.runMain(logger) {
+    let application = try await buildApplication(.fromEnvironment(), logger: logger)
+    try await application.run()
+}

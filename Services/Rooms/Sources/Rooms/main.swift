@@ -2,5 +2,7 @@ import RoomService
 import ServiceKit
 
 let logger = ServiceLogging.logger(label: "chat.rooms")
-let application = try await buildApplication(.fromEnvironment(), logger: logger)
-try await application.run()
+await ServiceLogging.runMain(logger) {
+    let application = try await buildApplication(.fromEnvironment(), logger: logger)
+    try await application.run()
+}
