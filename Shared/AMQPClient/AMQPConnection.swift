@@ -52,8 +52,13 @@ public final class AMQPConnection: Service, Sendable {
         self.wakeReadFD = fds[0]
         self.wakeWriteFD = fds[1]
         let worker = AMQPWorker(owner: self)
-        let thread = Thread { worker.run() }
-        thread.name = "amqp-\(configuration.connectionName)"
+        // Named from inside the thread (a name set before start() does not reach the OS thread here), so that
+        // top and perf show the AMQP thread apart from the pool thread it was started from.
+        let name = String("amqp-\(configuration.connectionName)".utf8.prefix(15)) ?? "amqp"
+        let thread = Thread {
+            Thread.current.name = name
+            worker.run()
+        }
         thread.start()
     }
 

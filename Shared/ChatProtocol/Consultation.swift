@@ -12,9 +12,25 @@ public struct Email: Hashable, Sendable, Codable, CustomStringConvertible {
         let parts = trimmed.split(separator: "@", omittingEmptySubsequences: false)
         guard parts.count == 2, !parts[0].isEmpty, parts[0].utf8.count <= 64,
               parts[1].contains("."), !parts[1].hasPrefix("."), !parts[1].hasSuffix("."), !parts[1].contains(".."),
-              trimmed.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7f && !"<>()[],;:\\\"".unicodeScalars.contains($0) })
+              trimmed.utf8.allSatisfy(Self.isAllowedByte)
         else { throw .invalidFrame("'\(trimmed)' is not a valid email address") }
-        self.value = trimmed.lowercased()
+        self.value = trimmed.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") || $0 >= 0x80 })
+            ? trimmed.lowercased() : trimmed
+    }
+
+    /// No control characters, space, DEL or `<>()[],;:\"`. Checked on UTF-8 bytes: every byte of a non-ASCII
+    /// character is 0x80 or more and passes, as the character itself does (it runs for every email of every
+    /// consultation message, so no per-character string search).
+    @inline(__always)
+    static func isAllowedByte(_ byte: UInt8) -> Bool {
+        guard byte > 0x20, byte != 0x7f else { return false }
+        switch byte {
+        case UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "["), UInt8(ascii: "]"),
+             UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: ":"), UInt8(ascii: "\\"), UInt8(ascii: "\""):
+            return false
+        default:
+            return true
+        }
     }
 
     public init(from decoder: any Decoder) throws {

@@ -45,6 +45,31 @@ public enum ClientFrame {
     }
 }
 
+/// Message ids: random version-4 UUIDs in lowercase text, written straight from 16 random bytes (no
+/// Foundation UUID and no case conversion per message).
+public enum MessageID {
+    public static func random() -> String {
+        var generator = SystemRandomNumberGenerator()
+        var high = generator.next() as UInt64, low = generator.next() as UInt64
+        high = (high & ~0xF000) | 0x4000                       // version 4
+        low = (low & ~(0xC000 << 48)) | (0x8000 << 48)        // RFC 4122 variant
+        return String(unsafeUninitializedCapacity: 36) { out in
+            var index = 0
+            for digit in 0..<32 {
+                if digit == 8 || digit == 12 || digit == 16 || digit == 20 {
+                    out[index] = UInt8(ascii: "-")
+                    index += 1
+                }
+                let word = digit < 16 ? high : low
+                let nibble = UInt8((word >> UInt64(60 - (digit % 16) * 4)) & 0xF)
+                out[index] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+                index += 1
+            }
+            return index
+        }
+    }
+}
+
 /// A message as the gateway hands it to the persistence service (AMQP, `chat.inbound`).
 public struct InboundChatMessage: Codable, Sendable, Equatable {
     /// Server-assigned id; a redelivery carries the same id, which makes the store idempotent.

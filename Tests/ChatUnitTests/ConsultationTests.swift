@@ -6,9 +6,12 @@ import Testing
 @Suite struct EmailTests {
     @Test func normalizesCaseAndSpaces() throws {
         #expect(try Email(validating: " Shop@Example.COM ").value == "shop@example.com")
+        #expect(try Email(validating: "shop@example.com").value == "shop@example.com")
+        #expect(try Email(validating: "Jürgen@Bücher.DE").value == "jürgen@bücher.de")
     }
 
-    @Test(arguments: ["", "plain", "@x.com", "a@", "a@b", "a@.b.com", "a@b..com", "a b@c.com", "<a>@c.com", "a@b.c@d.com"])
+    @Test(arguments: ["", "plain", "@x.com", "a@", "a@b", "a@.b.com", "a@b..com", "a b@c.com", "<a>@c.com", "a@b.c@d.com",
+                       "a\"b@c.com", "a;b@c.com", "a\\b@c.com", "a[b]@c.com", "a\u{7f}b@c.com", "a\tb@c.com"])
     func refusesWhatIsNotAnAddress(_ raw: String) {
         #expect(throws: ChatError.self) { try Email(validating: raw) }
     }

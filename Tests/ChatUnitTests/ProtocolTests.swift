@@ -51,3 +51,17 @@ import Testing
         #expect(decoded["sender_email"] == nil)
     }
 }
+
+@Suite struct MessageIDTests {
+    @Test func idsAreLowercaseVersion4UUIDsAndDistinct() {
+        let ids = (0..<1000).map { _ in MessageID.random() }
+        #expect(Set(ids).count == ids.count)
+        for id in ids.prefix(50) {
+            let groups = id.split(separator: "-")
+            #expect(groups.map(\.count) == [8, 4, 4, 4, 12])
+            #expect(id.utf8.allSatisfy { ("0"..."9").contains(Character(UnicodeScalar($0))) || ("a"..."f").contains(Character(UnicodeScalar($0))) || $0 == UInt8(ascii: "-") })
+            #expect(groups[2].first == "4")
+            #expect("89ab".contains(groups[3].first!))
+        }
+    }
+}
