@@ -111,10 +111,10 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     return report
 }
 
-/// Idle mode: open N connections, each alone in its own room, hold them, then check that each still answers:
-/// every socket sends probes (the first ones staggered at `--probe-rate`, one at a time, again after `--echo-timeout` without an echo) until its own
-/// echo comes back. Reports the first server PID's RSS growth per connection, read once every socket has
-/// connected and settled, just before the probes.
+/// Idle mode: open N connections (paced at `--connect-rate`), each alone in its own room, hold them, then
+/// check that each still answers: every socket sends a probe (the first ones staggered at `--probe-rate`,
+/// again after 30 s without an echo) until its own echo comes back. Reports the first server PID's RSS growth
+/// per connection, read once every socket has connected and settled, just before the probes.
 func runIdle(_ o: Options, count: Int) async throws -> Report {
     var idle = o
     idle.rooms = count
