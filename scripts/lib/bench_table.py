@@ -10,7 +10,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-results, repeat = sys.argv[1], int(sys.argv[2])
+results = sys.argv[1]  # (a second argument, the --repeat asked for, is ignored: the runs present are counted)
 P99_LIMIT = 100.0
 SHAPES = {
     "a": "(a) 10 rooms × 10 clients, all send",
@@ -57,6 +57,17 @@ def at_rate(run, rate):
     return None
 
 
+def run_counts():
+    """How many runs of each sweep every system has (e.g. 'reference 3, ours 1, bare 1')."""
+    counts = {}
+    for system in ("reference", "ours", "bare"):
+        n = [len(load(system, shape)) for shape in SHAPES]
+        n = [x for x in n if x]
+        if n:
+            counts[system] = f"{min(n)}" if min(n) == max(n) else f"{min(n)}–{max(n)}"
+    return ", ".join(f"{system} {n}" for system, n in counts.items())
+
+
 lines = []
 load_avg = " ".join(open("/proc/loadavg").read().split()[:3])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
@@ -64,9 +75,9 @@ mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTota
 lines += [
     "# Benchmarks: ours side by side with the Django Channels reference",
     "",
-    f"Table written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} (from the runs listed under Commands, each sweep run once on this day) on {os.cpu_count()} cores ({cpu}), "
+    f"Table written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} (from the runs listed under Commands, run on this day) on {os.cpu_count()} cores ({cpu}), "
     f"{int(mem) // 1024 // 1024} GiB, load average before the table was written: {load_avg}. "
-    f"Every figure is the median of {repeat} run(s) of each sweep. All servers, RabbitMQ, Redis, the databases "
+    f"Every figure is the median of the runs of its sweep (runs per sweep: {run_counts()}). All servers, RabbitMQ, Redis, the databases "
     "and the load generator share this one machine (the generator's own CPU use is in the raw reports).",
     "",
     "- **reference**: `../shared/anchor/run_anchor.sh --layer redis` (Django 5.2, Channels 4.3, channels_redis, one uvicorn worker, SQLite).",
