@@ -92,6 +92,7 @@ lines += [
     "| shape | reference deliveries/s (p99) | ours deliveries/s (p99) | ours / reference | bare deliveries/s | ours / bare | ours p99 at the reference's best rate |",
     "|---|---|---|---|---|---|---|",
 ]
+figures = {}  # per shape, what the targets below are checked against
 for key, title in SHAPES.items():
     ref_runs, our_runs, bare_runs = load("reference", key), load("ours", key), load("bare", key)
     ref_sat = [saturation(r) for r in ref_runs]
@@ -108,6 +109,7 @@ for key, title in SHAPES.items():
     our_p99 = median([s["latencyP99Ms"] if s else None for s in our_sat])
     best_rate = median([s["ratePerSender"] if s else None for s in ref_sat])
     ours_at_ref = median([(at_rate(r, best_rate) or {}).get("latencyP99Ms") for r in our_runs]) if best_rate else None
+    figures[key] = dict(ref=ref, ours=ours, bare=bare, ref_p99=ref_p99, ours_at_ref=ours_at_ref)
     ratio = f"{ours / ref:.1f}×" if ours and ref else "—"
     frac = f"{100 * ours / bare:.0f}%" if ours and bare else "—"
     p99_cmp = f"{fmt(ours_at_ref, 1, ' ms')} vs {fmt(ref_p99, 1, ' ms')}" if best_rate else "—"
@@ -126,6 +128,40 @@ for system, shape in [("reference", "d"), ("ours", "d"), ("ours", "d-max")]:
     for r in [x for run in load(system, shape) for x in run]:
         lines.append(f"| {system} | {r['connectionsOpened']} (failed {r['connectionsFailed']}) | {r.get('idleConnectionsAnswering')} | "
                      f"{fmt(r.get('serverRSSPerConnectionKiB'), 1, ' KiB')} |")
+
+# The targets, checked against the figures above.
+def verdict(ok):
+    return "—" if ok is None else ("met" if ok else "**not met**")
+
+
+def ratio_at_least(key, factor):
+    f = figures.get(key, {})
+    return (f["ours"] / f["ref"] >= factor) if f.get("ours") and f.get("ref") else None
+
+
+lines += ["", "## Against the targets", "", "| target | figure | verdict |", "|---|---|---|"]
+for key, factor in [("a", 20), ("b", 20), ("c", 20), ("e", 50)]:
+    f = figures.get(key, {})
+    shown = f"{f['ours'] / f['ref']:.1f}×" if f.get("ours") and f.get("ref") else "—"
+    lines.append(f"| saturation ≥ {factor}× the reference on ({key}) | {shown} | {verdict(ratio_at_least(key, factor))} |")
+for key in ["a", "b", "c", "e"]:
+    f = figures.get(key, {})
+    ok = f["ours_at_ref"] <= f["ref_p99"] / 5 if f.get("ours_at_ref") is not None and f.get("ref_p99") else None
+    shown = f"{fmt(f.get('ours_at_ref'), 1, ' ms')} vs {fmt(f.get('ref_p99'), 1, ' ms')}"
+    lines.append(f"| ({key}): p99 at the reference's best rate ≤ 1/5 of the reference's | {shown} | {verdict(ok)} |")
+for key in ["a", "c"]:
+    f = figures.get(key, {})
+    ok = f["ours"] / f["bare"] >= 0.5 if f.get("ours") and f.get("bare") else None
+    shown = f"{100 * f['ours'] / f['bare']:.0f}%" if f.get("ours") and f.get("bare") else "—"
+    lines.append(f"| ({key}): ≥ 50% of the bare broadcast server | {shown} | {verdict(ok)} |")
+idle = [x for run in load("ours", "d-max") for x in run]
+if idle:
+    r = idle[-1]
+    per = r.get("serverRSSPerConnectionKiB")
+    ok = (r["connectionsOpened"] >= 19000 and r.get("idleConnectionsAnswering") == r["connectionsOpened"]
+          and per is not None and per * 1.024 <= 15)
+    lines.append(f"| (d): 19,000 idle sockets on one gateway, all answering, ≤ 15 KB of gateway RSS each | "
+                 f"{r['connectionsOpened']} held, {r.get('idleConnectionsAnswering')} answering, {fmt(per, 1, ' KiB')} each | {verdict(ok)} |")
 
 lines += ["", "## Every run", "", "| system | shape | rate/sender | sent | expected | received | lost | dup | order | p50 | p99 | deliveries/s | server CPU | generator CPU |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
