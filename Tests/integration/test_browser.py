@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -116,6 +116,12 @@ def test_consultation_page_shop_and_visitor_in_two_browser_contexts(stack, brows
 
     def rooms(driver):
         return driver.find_elements(By.CSS_SELECTOR, "#room-list li.room")
+    # The room list re-renders itself on a timer: an element found a moment ago may be gone, so waits that
+    # touch one look it up again instead of failing.
+    def settled(driver):
+        return WebDriverWait(driver, 10, ignored_exceptions=[StaleElementReferenceException])
+    def open_first_room(driver):
+        settled(driver).until(lambda d: rooms(d)[0].click() or True)
 
     login(shop_page, shop, "shop")
     login(visitor_page, visitor, "visitor")
@@ -124,7 +130,7 @@ def test_consultation_page_shop_and_visitor_in_two_browser_contexts(stack, brows
     WebDriverWait(shop_page, 10).until(lambda d: len(rooms(d)) == 1)
     WebDriverWait(visitor_page, 10).until(lambda d: len(rooms(d)) == 1)  # the room list refreshes itself
 
-    rooms(visitor_page)[0].click()
+    open_first_room(visitor_page)
     box = WebDriverWait(visitor_page, 10).until(EC.visibility_of_element_located((By.ID, "chat-message-input")))
     time.sleep(0.5)
     box.send_keys("Hi, do you ship to Busan?")
@@ -132,8 +138,8 @@ def test_consultation_page_shop_and_visitor_in_two_browser_contexts(stack, brows
     WebDriverWait(visitor_page, 10).until(lambda d: "Hi, do you ship to Busan?" in d.find_element(By.ID, "chat-log").text)
 
     # The shop owner sees one unread message in the list, opens the room, and reads it.
-    WebDriverWait(shop_page, 10).until(lambda d: rooms(d) and rooms(d)[0].find_element(By.CLASS_NAME, "unread").get_attribute("data-count") == "1")
-    rooms(shop_page)[0].click()
+    settled(shop_page).until(lambda d: rooms(d) and rooms(d)[0].find_element(By.CLASS_NAME, "unread").get_attribute("data-count") == "1")
+    open_first_room(shop_page)
     WebDriverWait(shop_page, 10).until(lambda d: "Hi, do you ship to Busan?" in d.find_element(By.ID, "chat-log").text)
     # ... and the visitor sees the read receipt.
     WebDriverWait(visitor_page, 10).until(lambda d: "up to #1" in d.find_element(By.ID, "read-receipt").text)
