@@ -125,7 +125,7 @@ final class AMQPWorker: @unchecked Sendable {
             return (state.commands, state.closeWaiters, state.connectWaiters)
         }
         commands.forEach { $0.fail(.closed) }
-        for consumer in consumers.values { consumer.continuation.finish() }
+        for consumer in consumers.values { consumer.sink.finish() }
         consumers.removeAll()
         consumersByTag.removeAll()
         closeWaiters.forEach { $0.resume() }
@@ -179,7 +179,7 @@ final class AMQPWorker: @unchecked Sendable {
             if case .refused = error {
                 logger.error("consumer refused by the broker; ending it", metadata: ["amqp.queue": "\(record.queue)", "error": "\(error)"])
                 consumers[record.id] = nil
-                record.continuation.finish()
+                record.sink.finish()
             }
             throw error
         }
@@ -313,6 +313,7 @@ final class AMQPWorker: @unchecked Sendable {
         case .cancelConsumer(let id):
             guard let record = consumers.removeValue(forKey: id) else { return }
             consumersByTag[record.tag] = nil
+            record.sink.finish()
             if record.channel != 0 {
                 // The channel stays open: acknowledgements of deliveries already handed out must still reach the broker.
                 withArena { arena in
@@ -472,7 +473,7 @@ final class AMQPWorker: @unchecked Sendable {
     private func flushDeliveries() {
         guard !readyDeliveries.isEmpty else { return }
         for (id, batch) in readyDeliveries {
-            consumers[id]?.continuation.yield(batch)
+            consumers[id]?.sink.deliver(batch)
         }
         readyDeliveries.removeAll(keepingCapacity: true)
     }
@@ -516,7 +517,7 @@ final class AMQPWorker: @unchecked Sendable {
             logger.warning("broker cancelled consumer", metadata: ["amqp.consumer": "\(tag)"])
             if let record = consumersByTag.removeValue(forKey: tag) {
                 consumers[record.id] = nil
-                record.continuation.finish()
+                record.sink.finish()
             }
         case CHAT_CHANNEL_CLOSE:
             let close = decoded!.assumingMemoryBound(to: amqp_channel_close_t.self).pointee

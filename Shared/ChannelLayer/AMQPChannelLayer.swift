@@ -37,9 +37,18 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
 
     public func run() async throws {
         try await declareTopology()
-        let consumer = connection.consume(queue: queueName, prefetch: 2000, autoAck: true)
-        for await batch in consumer.batches.cancelOnGracefulShutdown() {
+        // Routed on the connection's thread as the deliveries are read: `route` only hands frames to the
+        // sockets' event loops and resumes requesters, so nothing here blocks, and a broadcast reaches the
+        // sockets without waking a task first.
+        let (ended, end) = AsyncStream<Void>.makeStream()
+        let consumer = connection.consume(queue: queueName, prefetch: 2000, autoAck: true, finished: { end.finish() }) {
+            [self] batch in
             for delivery in batch { route(delivery) }
+        }
+        await withTaskCancellationOrGracefulShutdownHandler {
+            for await _ in ended {}
+        } onCancelOrGracefulShutdown: {
+            consumer.cancel()
         }
     }
 

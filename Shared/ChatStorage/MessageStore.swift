@@ -39,6 +39,7 @@ public final class MessageStore: Sendable {
     /// (the caller then stores again with the check).
     public func store(_ batch: [InboundChatMessage], checkExisting: Bool = true) async throws -> [StoredChatMessage] {
         if batch.isEmpty { return [] }
+        if !checkExisting, batch.count <= Self.rowsPerInsert, let stored = try await storeInOneStatement(batch) { return stored }
         let result: ([StoredChatMessage], [String: Int64])
         do {
             result = try await database.transaction { tx in
@@ -76,14 +77,11 @@ public final class MessageStore: Sendable {
                     stored[message.id] = row
                     inserts.append(row)
                 }
-                for chunk in stride(from: 0, to: inserts.count, by: 200).map({ Array(inserts[$0..<min($0 + 200, inserts.count)]) }) {
-                    let values = Array(repeating: "(?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
-                    var binds: [SQLValue] = []
-                    binds.reserveCapacity(chunk.count * 6)
-                    for m in chunk {
-                        binds += [.text(m.id), .text(m.group), .int(m.seq), m.sender.map { .text($0) } ?? .null, .text(m.text), .int(m.createdAt)]
-                    }
-                    _ = try await tx.query("INSERT INTO chat_messages (id, grp, seq, sender, body, created_at) VALUES \(values)", binds)
+                for chunk in stride(from: 0, to: inserts.count, by: Self.rowsPerInsert).map({
+                    Array(inserts[$0..<min($0 + Self.rowsPerInsert, inserts.count)])
+                }) {
+                    let (sql, binds) = Self.insertStatement(chunk)
+                    _ = try await tx.query(sql, binds)
                 }
                 return (batch.map { stored[$0.id]! }, nextSeq)
             }
@@ -96,6 +94,48 @@ public final class MessageStore: Sendable {
             cache.merge(result.1) { _, new in new }
         }
         return result.0
+    }
+
+    /// Rows per INSERT statement (6 binds each: well under every bind-parameter limit).
+    static let rowsPerInsert = 200
+
+    /// The common case, in one statement and one round trip to the database instead of a transaction's
+    /// three (BEGIN, INSERT, COMMIT): a first delivery (nothing to look up) of at most one INSERT's rows, all
+    /// of whose rooms have their next seq cached. A single statement is atomic by itself. Returns nil when
+    /// the batch does not qualify; a failure drops the cache, like the transaction's.
+    func storeInOneStatement(_ batch: [InboundChatMessage]) async throws -> [StoredChatMessage]? {
+        let planned = nextSeqCache.withLock { cache -> ([StoredChatMessage], [String: Int64])? in
+            var nextSeq: [String: Int64] = [:]
+            var rows: [StoredChatMessage] = []
+            rows.reserveCapacity(batch.count)
+            for message in batch {
+                guard let seq = nextSeq[message.group] ?? cache[message.group] else { return nil }
+                nextSeq[message.group] = seq + 1
+                rows.append(StoredChatMessage(id: message.id, group: message.group, seq: seq, sender: message.sender,
+                                              text: message.text, createdAt: message.receivedAt))
+            }
+            return (rows, nextSeq)
+        }
+        guard let (rows, nextSeq) = planned, Set(rows.lazy.map(\.id)).count == rows.count else { return nil }
+        let (sql, binds) = Self.insertStatement(rows)
+        do {
+            _ = try await database.write(sql, binds)
+        } catch {
+            nextSeqCache.withLock { $0 = [:] }
+            throw error
+        }
+        nextSeqCache.withLock { cache in cache.merge(nextSeq) { _, new in new } }
+        return rows
+    }
+
+    static func insertStatement(_ rows: [StoredChatMessage]) -> (String, [SQLValue]) {
+        let values = Array(repeating: "(?,?,?,?,?,?)", count: rows.count).joined(separator: ",")
+        var binds: [SQLValue] = []
+        binds.reserveCapacity(rows.count * 6)
+        for m in rows {
+            binds += [.text(m.id), .text(m.group), .int(m.seq), m.sender.map { .text($0) } ?? .null, .text(m.text), .int(m.createdAt)]
+        }
+        return ("INSERT INTO chat_messages (id, grp, seq, sender, body, created_at) VALUES \(values)", binds)
     }
 
     /// The last `limit` messages of a room before `beforeSeq` (all when nil), oldest first.

@@ -69,23 +69,25 @@ final class MessageWriter: Service {
         try await store.migrate()
         try await declareTopology(connection)
         logger.info("persistence writer consuming")
-        let consumer = connection.consume(queue: ChatTopology.inboundQueue, prefetch: UInt16(clamping: prefetch))
         // Everything delivered while a batch is being stored makes the next batch (one transaction, one
-        // broadcast per room), so batches grow with the load instead of the transaction count.
+        // broadcast per room), so batches grow with the load instead of the transaction count. Deliveries are
+        // gathered on the connection's thread as they are read (no task in between).
         let gathered = Gathering<AMQPDelivery>()
-        async let pumping: Void = {
-            for await batch in consumer.batches.cancelOnGracefulShutdown() { gathered.append(batch) }
-            gathered.finish()
-        }()
+        let consumer = connection.consume(queue: ChatTopology.inboundQueue, prefetch: UInt16(clamping: prefetch),
+                                          finished: { gathered.finish() }) { gathered.append($0) }
         // Storing batch N+1 overlaps with waiting for batch N's broadcast confirms; acks stay in order.
         let (acks, ackContinuation) = AsyncStream<PendingAck>.makeStream(bufferingPolicy: .unbounded)
         async let acking: Void = acknowledge(acks)
-        while let batch = await gathered.next() {
-            if let pending = await handle(batch) { ackContinuation.yield(pending) }
+        await withTaskCancellationOrGracefulShutdownHandler {
+            // On shutdown the consumer is cancelled, which finishes the gathering: what it holds is still stored.
+            while let batch = await gathered.next() {
+                if let pending = await handle(batch) { ackContinuation.yield(pending) }
+            }
+        } onCancelOrGracefulShutdown: {
+            consumer.cancel()
         }
         ackContinuation.finish()
         await acking
-        await pumping
     }
 
     /// A stored batch waiting for its broadcasts to be confirmed before it is acknowledged.
