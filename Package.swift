@@ -140,10 +140,9 @@ let package = Package(
         .executableTarget(
             name: "LoadGenerator",
             dependencies: [
-                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/LoadGenerator"
         ),

@@ -1,14 +1,17 @@
 import Foundation
-import HTTPTypes
-import HummingbirdWSClient
-import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
 import Synchronization
 
-/// Runs one client: connect, wait for the start, send on schedule (if a sender), record every frame, and
-/// close when the run stops.
+/// Runs one client: connect and upgrade, wait for the start, send on schedule (if a sender), record every
+/// frame, and close when the run stops.
+///
+/// Each client is a NIO channel whose WebSocket handler does everything on the channel's event loop: frames are
+/// parsed from the bytes as they are read, sends are timers on the same loop, and no task, stream or lock sits on
+/// the per-frame path. The generator shares the machine's cores with the server it measures, so what it spends
+/// per frame is taken from that server.
 struct ClientRunner: Sendable {
     let plan: ClientPlan
     let options: Options
@@ -19,170 +22,396 @@ struct ClientRunner: Sendable {
     let group: any EventLoopGroup
     let rate: Double?
 
+    /// How long a connection may take to be upgraded before it counts as failed.
+    static let upgradeTimeout: TimeAmount = .seconds(30)
+    static let maxFrameSize = 1 << 20
+
     func run() async -> ClientResult {
-        var configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 20)
-        // swift-websocket's client always sends `Origin: ws://<host>`; a second Origin header would make the
-        // request ambiguous (the reference refuses it), so that one is the Origin this generator sends.
-        configuration.autoPing = .disabled
-        let result = ResultBox()
-        var logger = Logger(label: "client")
-        logger.logLevel = .critical
-        do {
-            try await WebSocketClient.connect(url: plan.url, configuration: configuration, eventLoopGroup: group, logger: logger) {
-                inbound, outbound, _ in
-                result.withLock { $0.connected = true }
-                progress.connected.add(1, ordering: .relaxed)
-                let (echoStream, echoContinuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .unbounded)
-                try await withThrowingTaskGroup(of: Void.self) { tasks in
-                    tasks.addTask {
-                        await stop.wait()
-                        try? await outbound.close(.normalClosure, reason: nil)
-                    }
-                    if let sender = plan.sender {
-                        tasks.addTask {
-                            await start.wait()
-                            let (sent, lag) = await sendLoop(sender: sender, outbound: outbound, echoes: echoStream)
-                            result.withLock {
-                                $0.sent = sent
-                                $0.scheduleLagMaxMs = lag
-                            }
-                        }
-                    }
-                    // The receive loop runs here, until the server or the stop watcher closes the socket.
-                    var local = ClientResult()
-                    var seen: [Int: [UInt8]] = [:]
-                    var last: [Int: Int] = [:]
-                    do {
-                        for try await message in inbound.messages(maxSize: 1 << 20) {
-                            guard case .text(let text) = message else { continue }
-                            guard let d = parseDelivery(text), d.runID == runID else {
-                                if text.contains("\"error\"") {
-                                    if local.errors == 0 { ErrorSamples.record(text) }
-                                    local.errors += 1
-                                }
-                                continue
-                            }
-                            let now = nowNanos()
-                            if d.room != plan.room { local.misrouted += 1; continue }
-                            var counts = seen[d.sender, default: []]
-                            if counts.count <= d.n { counts.append(contentsOf: repeatElement(0, count: d.n - counts.count + 16)) }
-                            counts[d.n] &+= 1
-                            seen[d.sender] = counts
-                            if counts[d.n] > 1 { local.duplicates += 1; continue }
-                            if let l = last[d.sender], d.n < l { local.orderViolations += 1 }
-                            last[d.sender] = max(last[d.sender] ?? -1, d.n)
-                            local.received += 1
-                            local.latenciesMicros.append(UInt32(min((now &- d.sentAt) / 1000, UInt64(UInt32.max))))
-                            progress.received.add(1, ordering: .relaxed)
-                            if d.sender == plan.sender { echoContinuation.yield() }
-                        }
-                    } catch {}
-                    echoContinuation.finish()
-                    let final = local
-                    result.withLock { r in
-                        r.received = final.received
-                        r.duplicates = final.duplicates
-                        r.misrouted = final.misrouted
-                        r.orderViolations = final.orderViolations
-                        r.errors = final.errors
-                        r.latenciesMicros = final.latenciesMicros
-                    }
-                    if !stop.isOpen {
-                        // The server closed the socket before the run ended: keep the sender's count, stop it.
-                        try? await Task.sleep(for: .milliseconds(1))
-                    }
-                    await stop.wait()
-                    tasks.cancelAll()
-                }
-            }
-        } catch {
-            if !result.withLock({ $0.connected }) {
-                if progress.failed.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
-                    FileHandle.standardError.write(Data("LoadGenerator: first failed connection (\(plan.url)): \(error)\n".utf8))
-                }
-            }
+        let loop = group.next()
+        guard let target = WebSocketTarget(plan.url) else {
+            noteFailure("not a ws:// URL")
+            return ClientResult()
         }
-        return result.withLock { $0 }
+        let runner = self
+        guard let bound = try? await loop.submit({ NIOLoopBound(ClientSession(runner: runner, loop: loop), eventLoop: loop) }).get() else {
+            return ClientResult()
+        }
+        let host = target.host, port = target.port
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target.uri, headers: [
+            "Host": "\(host):\(port)", "Origin": options.originHeader, "Content-Length": "0",
+        ])
+        let bootstrap = ClientBootstrap(group: loop)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+            .channelInitializer { channel in
+                let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: Self.maxFrameSize, automaticErrorHandling: true) {
+                    channel, _ in
+                    // The request handler sits before the frame decoder the upgrade added: it goes first.
+                    channel.pipeline.removeHandler(name: UpgradeRequestHandler.name).flatMapThrowing {
+                        try channel.pipeline.syncOperations.addHandler(WebSocketLoadHandler(session: bound.value))
+                    }
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .forwardBytes,
+                        withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
+                    try channel.pipeline.syncOperations.addHandler(UpgradeRequestHandler(head: head), name: UpgradeRequestHandler.name)
+                }
+            }
+        do {
+            let channel = try await bootstrap.connect(host: host, port: port).get()
+            try? await channel.closeFuture.get()
+            let result = try await loop.submit { bound.value.result }.get()
+            if !result.connected { noteFailure("closed before the upgrade completed") }
+            if !stop.isOpen { await stop.wait() }
+            return result
+        } catch {
+            noteFailure("\(error)")
+            return ClientResult()
+        }
     }
 
-    func frame(_ n: Int, sender: Int) -> String {
+    func noteFailure(_ reason: String) {
+        if progress.failed.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
+            FileHandle.standardError.write(Data("LoadGenerator: first failed connection (\(plan.url)): \(reason)\n".utf8))
+        }
+    }
+
+    /// The frame of this client's message `n`: `{"message":"<run>|<room>|<sender>|<n>|<send time ns>"}`, plus
+    /// the emails the consultation protocol wants.
+    func frame(_ n: Int, sender: Int, into buffer: inout ByteBuffer) {
         let text = "\(runID)|\(plan.room)|\(sender)|\(n)|\(nowNanos())"
         if options.protocolKind == "consult" {
-            return "{\"message\":\"\(text)\",\"sender_email\":\"\(plan.consultEmail!)\",\"shop_user_email\":\"\(plan.shopEmail!)\",\"visitor_user_email\":\"\(plan.visitorEmail!)\"}"
+            buffer.writeString("{\"message\":\"\(text)\",\"sender_email\":\"\(plan.consultEmail!)\",\"shop_user_email\":\"\(plan.shopEmail!)\",\"visitor_user_email\":\"\(plan.visitorEmail!)\"}")
+        } else {
+            buffer.writeString("{\"message\":\"\(text)\"}")
         }
-        return "{\"message\":\"\(text)\"}"
+    }
+}
+
+/// Host, port and request target of a `ws://` URL.
+struct WebSocketTarget {
+    let host: String
+    let port: Int
+    let uri: String
+
+    init?(_ url: String) {
+        guard let components = URLComponents(string: url), components.scheme == "ws", let host = components.host else { return nil }
+        self.host = host
+        self.port = components.port ?? 80
+        var uri = components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath
+        if let query = components.percentEncodedQuery { uri += "?\(query)" }
+        self.uri = uri
+    }
+}
+
+/// Sends the upgrade request once the connection is up (the client upgrade handler adds the WebSocket
+/// headers to it), and closes a connection that is not upgraded: a refusal (403, 503, …), a protocol error,
+/// or no answer within ``ClientRunner/upgradeTimeout``.
+final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    static let name = "upgrade-request"
+    let head: HTTPRequestHead
+    var timeout: Scheduled<Void>?
+
+    init(head: HTTPRequestHead) {
+        self.head = head
     }
 
-    /// Open loop: message i goes at start + offset + i/rate whatever came back. Closed loop: at most
-    /// `window` of this sender's messages unechoed. Both stop at the end of the duration, or when the run
-    /// stops them (cancelled) or the socket closes, and return how many were sent either way.
-    func sendLoop(sender: Int, outbound: WebSocketOutboundWriter, echoes: AsyncStream<Void>) async -> (Int, Double) {
-        var n = 0
-        var lagMax = 0.0
-        do {
-            try await sendLoop(sender: sender, outbound: outbound, echoes: echoes, sent: &n, lagMax: &lagMax)
-        } catch {}
-        return (n, lagMax)
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        let channel = context.channel
+        timeout = context.eventLoop.scheduleTask(in: ClientRunner.upgradeTimeout) { channel.close(promise: nil) }
+        context.fireChannelActive()
     }
 
-    private func sendLoop(sender: Int, outbound: WebSocketOutboundWriter, echoes: AsyncStream<Void>,
-                          sent n: inout Int, lagMax: inout Double) async throws {
-        let clock = ContinuousClock()
-        let begin = start.instant ?? clock.now
-        let end = begin + .milliseconds(Int(options.duration * 1000))
-        if let rate {
-            let interval = Duration.nanoseconds(Int64(1e9 / rate))
-            let offset = Duration.nanoseconds(Int64(Double.random(in: 0..<1) * 1e9 / rate))
-            while true {
-                let due = begin + offset + interval * n
-                if due >= end { break }
-                if due > clock.now { try await Task.sleep(until: due, clock: clock) }
-                let lag = clock.now - due
-                lagMax = max(lagMax, Double(lag.components.attoseconds) / 1e15 + Double(lag.components.seconds) * 1000)
-                try await outbound.write(.text(frame(n, sender: sender)))
-                n += 1
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timeout?.cancel()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timeout?.cancel()
+        context.fireChannelInactive()
+    }
+
+    /// Anything that reaches here is a response that was not an upgrade.
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.close(promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// One client's state, confined to its channel's event loop (reached from elsewhere only through
+/// `NIOLoopBound` and `loop.execute`).
+final class ClientSession {
+    let runner: ClientRunner
+    let loop: any EventLoop
+    var result = ClientResult()
+    /// Per sender, how often each message number was seen (duplicates), and the highest number seen (order).
+    var seen: [Int: [UInt8]] = [:]
+    var last: [Int: Int] = [:]
+    var echoes = 0
+    let runIDBytes: [UInt8]
+
+    init(runner: ClientRunner, loop: any EventLoop) {
+        self.runner = runner
+        self.loop = loop
+        self.runIDBytes = Array(runner.runID.utf8)
+    }
+}
+
+/// The client's WebSocket: records deliveries, answers pings and closes, sends on its schedule, and closes
+/// cleanly when the run stops.
+final class WebSocketLoadHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    let session: ClientSession
+    var context: ChannelHandlerContext?
+    /// A text message split over several frames, gathered until its last frame.
+    var fragments: ByteBuffer?
+    var closeSent = false
+    var sending = false
+    var stopped = false
+
+    // Schedule.
+    var sent = 0
+    var begin: UInt64 = 0
+    var end: UInt64 = 0
+    var sendTimer: Scheduled<Void>?
+    // Closed loop.
+    var credited = 0
+    var lastProgressAt: UInt64 = 0
+    var echoCheck: Scheduled<Void>?
+
+    init(session: ClientSession) {
+        self.session = session
+    }
+
+    var runner: ClientRunner { session.runner }
+    var options: Options { session.runner.options }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        session.result.connected = true
+        runner.progress.connected.add(1, ordering: .relaxed)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        runner.stop.onOpen { _ in loop.execute { bound.value.stopRun() } }
+        if runner.plan.sender != nil {
+            runner.start.onOpen { nanos in loop.execute { bound.value.startSending(at: nanos) } }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stopSending()
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text:
+            if frame.fin {
+                received(frame.unmaskedData)
+            } else {
+                fragments = frame.unmaskedData
             }
-        } else if let window = options.window {
-            // Echoes arrive through a buffered stream; a window with no echo for `echoTimeout` is written off
-            // (the loss shows in the counts) and the sender goes on.
-            let echoCount = Atomic<Int>(0)
-            let counter = Task {
-                for await _ in echoes { echoCount.add(1, ordering: .relaxed) }
+        case .continuation:
+            guard var gathered = fragments else { return }
+            var more = frame.unmaskedData
+            gathered.writeBuffer(&more)
+            if frame.fin {
+                fragments = nil
+                received(gathered)
+            } else {
+                fragments = gathered
             }
-            defer { counter.cancel() }
-            var credited = 0
+        case .ping:
+            var pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
+            pong.rsv1 = false
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .connectionClose:
+            stopSending()
+            if closeSent {
+                context.close(promise: nil)
+            } else {
+                closeSent = true
+                var data = frame.unmaskedData
+                let code = data.readSlice(length: min(2, data.readableBytes)) ?? context.channel.allocator.buffer(capacity: 0)
+                let reply = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: code)
+                context.writeAndFlush(wrapOutboundOut(reply)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            }
+        default:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    // MARK: Receiving
+
+    func received(_ buffer: ByteBuffer) {
+        let runID = session.runIDBytes
+        let parsed = buffer.withUnsafeReadableBytes { parseDelivery($0, runID: runID) }
+        guard let d = parsed else {
+            if buffer.readableBytesView.firstRange(of: errorKey) != nil {
+                if session.result.errors == 0 { ErrorSamples.record(String(buffer: buffer)) }
+                session.result.errors += 1
+            }
+            return
+        }
+        let now = nowNanos()
+        if d.room != runner.plan.room {
+            session.result.misrouted += 1
+            return
+        }
+        var counts = session.seen[d.sender, default: []]
+        if counts.count <= d.n { counts.append(contentsOf: repeatElement(0, count: d.n - counts.count + 16)) }
+        counts[d.n] &+= 1
+        session.seen[d.sender] = counts
+        if counts[d.n] > 1 {
+            session.result.duplicates += 1
+            return
+        }
+        if let l = session.last[d.sender], d.n < l { session.result.orderViolations += 1 }
+        session.last[d.sender] = max(session.last[d.sender] ?? -1, d.n)
+        session.result.received += 1
+        session.result.latenciesMicros.append(UInt32(min((now &- d.sentAt) / 1000, UInt64(UInt32.max))))
+        runner.progress.received.add(1, ordering: .relaxed)
+        if d.sender == runner.plan.sender {
+            session.echoes += 1
+            lastProgressAt = now
+            if options.window != nil { fillWindow() }
+        }
+    }
+
+    // MARK: Sending
+
+    /// Open loop: message i goes at start + offset + i/rate whatever came back. Closed loop: at most `window`
+    /// of this sender's messages unechoed (a window with no echo for `echoTimeout` is written off: the loss
+    /// shows in the counts). Both stop at the end of the duration, when the run stops, or when the socket closes.
+    func startSending(at startNanos: UInt64) {
+        guard context != nil, !stopped, !sending else { return }
+        sending = true
+        begin = startNanos
+        end = begin + UInt64(options.duration * 1e9)
+        if let rate = runner.rate {
+            let offset = UInt64(Double.random(in: 0..<1) * 1e9 / rate)
+            begin += offset
+            scheduleNext(rate: rate)
+        } else if options.window != nil {
+            var first = begin
             if options.stopAfterFirstEcho {
-                // Idle probes are staggered (socket i starts at i / probe rate): a check that every socket answers
-                // must not turn into a burst of thousands of messages at once.
-                let due = begin + .nanoseconds(Int64(Double(plan.index) / options.probeRate * 1e9))
-                if due > clock.now { try await Task.sleep(until: due, clock: clock) }
+                // Idle probes are staggered (socket i starts at i / probe rate): a check that every socket
+                // answers must not turn into a burst of thousands of messages at once.
+                first += UInt64(Double(runner.plan.index) / options.probeRate * 1e9)
             }
-            var waitingSince = clock.now
-            while clock.now < end {
-                if options.stopAfterFirstEcho && echoCount.load(ordering: .relaxed) > 0 { break }
-                let outstanding = n - credited - echoCount.load(ordering: .relaxed)
-                if outstanding < window {
-                    try await outbound.write(.text(frame(n, sender: sender)))
-                    n += 1
-                    waitingSince = clock.now
-                } else if clock.now - waitingSince > .milliseconds(Int(options.echoTimeout * 1000)) {
-                    credited += outstanding
-                    waitingSince = clock.now
-                } else {
-                    // Idle probes sleep out the whole timeout: thousands of sockets polling every millisecond
-                    // would starve the generator itself.
-                    try await Task.sleep(for: options.stopAfterFirstEcho ? .milliseconds(Int(options.echoTimeout * 1000)) : .milliseconds(1))
-                }
+            sendTimer = session.loop.assumeIsolated().scheduleTask(deadline: .uptimeNanoseconds(first)) { [self] in
+                lastProgressAt = nowNanos()
+                fillWindow()
+                scheduleStallCheck()
             }
         }
     }
+
+    func scheduleNext(rate: Double) {
+        let due = begin + UInt64(Double(sent) * 1e9 / rate)
+        guard due < end else {
+            finishSending()
+            return
+        }
+        sendTimer = session.loop.assumeIsolated().scheduleTask(deadline: .uptimeNanoseconds(due)) { [self] in
+            guard sending else { return }
+            let lag = Double(nowNanos() &- due) / 1e6
+            if lag > session.result.scheduleLagMaxMs, lag < 1e9 { session.result.scheduleLagMaxMs = lag }
+            send()
+            scheduleNext(rate: rate)
+        }
+    }
+
+    func fillWindow() {
+        guard sending, let window = options.window else { return }
+        if options.stopAfterFirstEcho && session.echoes > 0 {
+            finishSending()
+            return
+        }
+        if nowNanos() >= end {
+            finishSending()
+            return
+        }
+        while sent - credited - session.echoes < window { send() }
+    }
+
+    /// Written-off windows are looked for a few times per echo timeout.
+    func scheduleStallCheck() {
+        let period = TimeAmount.nanoseconds(Int64(options.echoTimeout * 1e9 / 4))
+        echoCheck = session.loop.assumeIsolated().scheduleTask(in: period) { [self] in
+            checkStalled()
+            if sending { scheduleStallCheck() }
+        }
+    }
+
+    func checkStalled() {
+        guard sending else { return }
+        let now = nowNanos()
+        if now >= end {
+            finishSending()
+            return
+        }
+        if now &- lastProgressAt > UInt64(options.echoTimeout * 1e9) {
+            credited = sent - session.echoes
+            lastProgressAt = now
+            fillWindow()
+        }
+    }
+
+    func send() {
+        guard let context, let sender = runner.plan.sender else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        runner.frame(sent, sender: sender, into: &buffer)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: buffer)), promise: nil)
+        sent += 1
+        session.result.sent = sent
+    }
+
+    func finishSending() {
+        sending = false
+        sendTimer?.cancel()
+        sendTimer = nil
+        echoCheck?.cancel()
+        echoCheck = nil
+    }
+
+    func stopSending() {
+        stopped = true
+        finishSending()
+    }
+
+    /// The run is over: close with 1000, and drop the connection if the server does not answer the close.
+    func stopRun() {
+        stopSending()
+        guard let context, !closeSent else { return }
+        closeSent = true
+        var code = context.channel.allocator.buffer(capacity: 2)
+        code.write(webSocketErrorCode: .normalClosure)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: code)),
+                              promise: nil)
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+    }
 }
 
-/// One client's result, written by its receive and send tasks.
-final class ResultBox: Sendable {
-    private let value = Mutex(ClientResult())
-    func withLock<T>(_ body: (inout ClientResult) -> T) -> T { value.withLock { body(&$0) } }
-}
+private let errorKey = Array("\"error\"".utf8)
 
 /// The first few distinct error frames of a run, printed to stderr at its end (what the errors were).
 enum ErrorSamples {

@@ -2,9 +2,6 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-import HTTPTypes
-import HummingbirdWSClient
-import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -12,18 +9,19 @@ import Synchronization
 /// Monotonic nanoseconds, comparable across the generator's threads.
 @inline(__always) func nowNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
-/// A one-shot signal many tasks can wait for.
+/// A one-shot signal many tasks can wait for, or be called back on (with the monotonic time it opened).
 final class Gate: Sendable {
-    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-    private let openedAt = Mutex<ContinuousClock.Instant?>(nil)
-
-    /// When the gate opened (the start of the run's schedule).
-    var instant: ContinuousClock.Instant? { openedAt.withLock { $0 } }
+    private struct State {
+        var openedAt: UInt64?
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        var callbacks: [@Sendable (UInt64) -> Void] = []
+    }
+    private let state = Mutex(State())
 
     func wait() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let resume = state.withLock { s -> Bool in
-                if s.open { return true }
+                if s.openedAt != nil { return true }
                 s.waiters.append(c)
                 return false
             }
@@ -31,17 +29,31 @@ final class Gate: Sendable {
         }
     }
 
-    func open() {
-        openedAt.withLock { $0 = $0 ?? .now }
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            s.open = true
-            defer { s.waiters = [] }
-            return s.waiters
+    /// Calls `callback` when the gate opens (at once if it is open), with `nowNanos()` of the opening.
+    func onOpen(_ callback: @escaping @Sendable (UInt64) -> Void) {
+        let openedAt = state.withLock { s -> UInt64? in
+            if s.openedAt == nil { s.callbacks.append(callback) }
+            return s.openedAt
         }
-        waiters.forEach { $0.resume() }
+        if let openedAt { callback(openedAt) }
     }
 
-    var isOpen: Bool { state.withLock { $0.open } }
+    func open() {
+        let now = nowNanos()
+        let (waiters, callbacks) = state.withLock { s -> ([CheckedContinuation<Void, Never>], [@Sendable (UInt64) -> Void]) in
+            if s.openedAt != nil { return ([], []) }
+            s.openedAt = now
+            defer {
+                s.waiters = []
+                s.callbacks = []
+            }
+            return (s.waiters, s.callbacks)
+        }
+        waiters.forEach { $0.resume() }
+        callbacks.forEach { $0(now) }
+    }
+
+    var isOpen: Bool { state.withLock { $0.openedAt != nil } }
 }
 
 /// One client's role in a run.
@@ -144,7 +156,6 @@ struct SetupError: Error, CustomStringConvertible {
 }
 
 struct Delivery {
-    var runID: Substring
     var room: Int
     var sender: Int
     var n: Int
@@ -155,51 +166,50 @@ struct Delivery {
 /// decoding and no Foundation string search per frame: the generator must stay cheap).
 private let messageKey: [UInt8] = Array("\"message\"".utf8)
 
-func parseDelivery(_ frame: String) -> Delivery? {
-    var frame = frame
-    return frame.withUTF8 { bytes -> Delivery? in
-        let key = messageKey
-        let count = bytes.count
-        var i = 0
-        var found = -1
-        while i + key.count <= count {
-            if bytes[i] == UInt8(ascii: "\""), bytes[i + 1] == UInt8(ascii: "m") {
-                var match = true
-                for k in 2..<key.count where bytes[i + k] != key[k] { match = false; break }
-                if match { found = i + key.count; break }
-            }
-            i += 1
+/// The delivery a frame's bytes carry, if it is one of run `runID`'s messages (other frames, such as history
+/// from earlier runs or errors, give nil).
+func parseDelivery(_ bytes: UnsafeRawBufferPointer, runID: [UInt8]) -> Delivery? {
+    let key = messageKey
+    let count = bytes.count
+    var i = 0
+    var found = -1
+    while i + key.count <= count {
+        if bytes[i] == UInt8(ascii: "\""), bytes[i + 1] == UInt8(ascii: "m") {
+            var match = true
+            for k in 2..<key.count where bytes[i + k] != key[k] { match = false; break }
+            if match { found = i + key.count; break }
         }
-        guard found >= 0 else { return nil }
-        i = found
-        while i < count, bytes[i] == UInt8(ascii: ":") || bytes[i] == UInt8(ascii: " ") { i += 1 }
-        guard i < count, bytes[i] == UInt8(ascii: "\"") else { return nil }
         i += 1
-        // run id, then four unsigned integers separated by '|', up to the closing quote.
-        let runStart = i
-        while i < count, bytes[i] != UInt8(ascii: "|"), bytes[i] != UInt8(ascii: "\"") { i += 1 }
-        guard i < count, bytes[i] == UInt8(ascii: "|") else { return nil }
-        let runID = Substring(decoding: UnsafeBufferPointer(rebasing: bytes[runStart..<i]), as: UTF8.self)
-        var numbers: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        for field in 0..<4 {
-            i += 1
-            var value: UInt64 = 0
-            var digits = 0
-            while i < count, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") {
-                value = value &* 10 &+ UInt64(bytes[i] - UInt8(ascii: "0"))
-                digits += 1
-                i += 1
-            }
-            guard digits > 0, i < count else { return nil }
-            let terminator: UInt8 = field == 3 ? UInt8(ascii: "\"") : UInt8(ascii: "|")
-            guard bytes[i] == terminator else { return nil }
-            switch field {
-            case 0: numbers.0 = value
-            case 1: numbers.1 = value
-            case 2: numbers.2 = value
-            default: numbers.3 = value
-            }
-        }
-        return Delivery(runID: runID, room: Int(numbers.0), sender: Int(numbers.1), n: Int(numbers.2), sentAt: numbers.3)
     }
+    guard found >= 0 else { return nil }
+    i = found
+    while i < count, bytes[i] == UInt8(ascii: ":") || bytes[i] == UInt8(ascii: " ") { i += 1 }
+    guard i < count, bytes[i] == UInt8(ascii: "\"") else { return nil }
+    i += 1
+    // run id, then four unsigned integers separated by '|', up to the closing quote.
+    let runStart = i
+    while i < count, bytes[i] != UInt8(ascii: "|"), bytes[i] != UInt8(ascii: "\"") { i += 1 }
+    guard i < count, bytes[i] == UInt8(ascii: "|") else { return nil }
+    guard i - runStart == runID.count, bytes[runStart..<i].elementsEqual(runID) else { return nil }
+    var numbers: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    for field in 0..<4 {
+        i += 1
+        var value: UInt64 = 0
+        var digits = 0
+        while i < count, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") {
+            value = value &* 10 &+ UInt64(bytes[i] - UInt8(ascii: "0"))
+            digits += 1
+            i += 1
+        }
+        guard digits > 0, i < count else { return nil }
+        let terminator: UInt8 = field == 3 ? UInt8(ascii: "\"") : UInt8(ascii: "|")
+        guard bytes[i] == terminator else { return nil }
+        switch field {
+        case 0: numbers.0 = value
+        case 1: numbers.1 = value
+        case 2: numbers.2 = value
+        default: numbers.3 = value
+        }
+    }
+    return Delivery(room: Int(numbers.0), sender: Int(numbers.1), n: Int(numbers.2), sentAt: numbers.3)
 }
