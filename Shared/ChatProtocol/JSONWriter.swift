@@ -55,29 +55,52 @@ public struct JSONWriter {
         return out
     }
 
+    /// Appends `string` as a JSON string. Runs of bytes that need no escape (nearly always the whole
+    /// string) are appended in one go; the escapes are all ASCII, or U+2028/U+2029 (bytes E2 80 A8/A9), so
+    /// every run starts and ends on a scalar boundary.
     public static func appendQuoted(_ string: String, to out: inout String) {
         out.append("\"")
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": out.append("\\\"")
-            case "\\": out.append("\\\\")
-            case "\n": out.append("\\n")
-            case "\r": out.append("\\r")
-            case "\t": out.append("\\t")
-            case "<": out.append("\\u003c")
-            case ">": out.append("\\u003e")
-            case "&": out.append("\\u0026")
-            case "\u{2028}": out.append("\\u2028")
-            case "\u{2029}": out.append("\\u2029")
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out.append("\\u" + String(repeating: "0", count: 4 - hex.count) + hex)
+        let utf8 = string.utf8
+        var runStart = utf8.startIndex
+        var i = utf8.startIndex
+        while i != utf8.endIndex {
+            let byte = utf8[i]
+            let escape: String?
+            var width = 1
+            switch byte {
+            case 0x22: escape = "\\\""
+            case 0x5C: escape = "\\\\"
+            case 0x0A: escape = "\\n"
+            case 0x0D: escape = "\\r"
+            case 0x09: escape = "\\t"
+            case 0x3C: escape = "\\u003c"
+            case 0x3E: escape = "\\u003e"
+            case 0x26: escape = "\\u0026"
+            case 0xE2:
+                let second = utf8.index(after: i)
+                let third = second == utf8.endIndex ? second : utf8.index(after: second)
+                if third != utf8.endIndex, utf8[second] == 0x80, utf8[third] == 0xA8 || utf8[third] == 0xA9 {
+                    escape = utf8[third] == 0xA8 ? "\\u2028" : "\\u2029"
+                    width = 3
                 } else {
-                    out.unicodeScalars.append(scalar)
+                    escape = nil
                 }
+            case 0..<0x20:
+                let hex = String(byte, radix: 16)
+                escape = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default:
+                escape = nil
+            }
+            if let escape {
+                out.append(contentsOf: string[runStart..<i])
+                out.append(escape)
+                i = utf8.index(i, offsetBy: width)
+                runStart = i
+            } else {
+                i = utf8.index(after: i)
             }
         }
+        out.append(contentsOf: string[runStart..<i])
         out.append("\"")
     }
 }

@@ -50,6 +50,16 @@ import Testing
         #expect(decoded["time"] as? String == "2025-11-22T08:26:40.123Z")
         #expect(decoded["sender_email"] == nil)
     }
+
+    @Test(arguments: ["", "plain", "안녕 😀 café", "a\u{2028}b\u{2029}c", "\u{2026}…€", "\u{7f}\u{0}\u{1f}\t\r\n",
+                      String((0..<0x80).map { Character(Unicode.Scalar(UInt8($0))) }), "\"\\\"<>&", "\u{E2}x"])
+    func quotedStringsRoundTripAndNeedNoHTMLEscaping(_ text: String) throws {
+        let quoted = JSONWriter.quoted(text)
+        #expect(!quoted.contains("<") && !quoted.contains(">") && !quoted.contains("&"))
+        #expect(!quoted.unicodeScalars.contains("\u{2028}") && !quoted.unicodeScalars.contains("\u{2029}"))
+        let decoded = try JSONSerialization.jsonObject(with: Data("[\(quoted)]".utf8)) as! [String]
+        #expect(decoded == [text])
+    }
 }
 
 @Suite struct MessageIDTests {
