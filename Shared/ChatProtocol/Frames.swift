@@ -136,17 +136,30 @@ public enum Timestamp {
         Int64((Date().timeIntervalSince1970 * 1000).rounded())
     }
 
-    /// `2026-11-22T08:30:00.123Z`
+    /// `2026-11-22T08:30:00.123Z` (written digit by digit: it is in every frame).
     public static func iso8601(millis: Int64) -> String {
         var seconds = time_t(millis / 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        func pad(_ v: Int32, _ width: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
+        let year = Int(parts.tm_year) + 1900
+        guard (0...9999).contains(year) else { return "0000-01-01T00:00:00.000Z" }
+        return String(unsafeUninitializedCapacity: 24) { out in
+            func put(_ value: Int, _ width: Int, at index: Int) {
+                var value = value
+                for position in stride(from: index + width - 1, through: index, by: -1) {
+                    out[position] = UInt8(ascii: "0") + UInt8(value % 10)
+                    value /= 10
+                }
+            }
+            put(year, 4, at: 0); out[4] = UInt8(ascii: "-")
+            put(Int(parts.tm_mon) + 1, 2, at: 5); out[7] = UInt8(ascii: "-")
+            put(Int(parts.tm_mday), 2, at: 8); out[10] = UInt8(ascii: "T")
+            put(Int(parts.tm_hour), 2, at: 11); out[13] = UInt8(ascii: ":")
+            put(Int(parts.tm_min), 2, at: 14); out[16] = UInt8(ascii: ":")
+            put(Int(parts.tm_sec), 2, at: 17); out[19] = UInt8(ascii: ".")
+            put(Int(((millis % 1000) + 1000) % 1000), 3, at: 20); out[23] = UInt8(ascii: "Z")
+            return 24
         }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis % 1000), 3))Z"
     }
 }
 

@@ -51,6 +51,12 @@ import Testing
         #expect(decoded["sender_email"] == nil)
     }
 
+    @Test func timestampsAreISO8601WithMilliseconds() {
+        #expect(Timestamp.iso8601(millis: 0) == "1970-01-01T00:00:00.000Z")
+        #expect(Timestamp.iso8601(millis: 1_763_800_000_007) == "2025-11-22T08:26:40.007Z")
+        #expect(Timestamp.iso8601(millis: 253_402_300_799_999) == "9999-12-31T23:59:59.999Z")
+    }
+
     @Test(arguments: ["", "plain", "안녕 😀 café", "a\u{2028}b\u{2029}c", "\u{2026}…€", "\u{7f}\u{0}\u{1f}\t\r\n",
                       String((0..<0x80).map { Character(Unicode.Scalar(UInt8($0))) }), "\"\\\"<>&", "\u{E2}x"])
     func quotedStringsRoundTripAndNeedNoHTMLEscaping(_ text: String) throws {
