@@ -48,11 +48,15 @@ public enum ClientFrame {
 /// Message ids: random version-4 UUIDs in lowercase text, written straight from 16 random bytes (no
 /// Foundation UUID and no case conversion per message).
 public enum MessageID {
-    public static func random() -> String {
+    /// A new message id: a lowercase UUID version 7 (RFC 9562), whose first 48 bits are the Unix time in
+    /// milliseconds and the other 74 random. Ids made later sort later, so the store's id index grows at its
+    /// right edge: with random (version 4) ids every insert landed on a random page of that index, and a batch
+    /// of 25 messages rewrote about 25 index pages into the write-ahead log.
+    public static func timeOrdered(millis: Int64 = Timestamp.nowMillis()) -> String {
         var generator = SystemRandomNumberGenerator()
         var high = generator.next() as UInt64, low = generator.next() as UInt64
-        high = (high & ~0xF000) | 0x4000                       // version 4
-        low = (low & ~(0xC000 << 48)) | (0x8000 << 48)        // RFC 4122 variant
+        high = (UInt64(truncatingIfNeeded: millis) << 16) | (high & 0x0FFF) | 0x7000   // time, version 7, rand_a
+        low = (low & ~(0xC000 << 48)) | (0x8000 << 48)                                // RFC 9562 variant
         return String(unsafeUninitializedCapacity: 36) { out in
             var index = 0
             for digit in 0..<32 {

@@ -69,15 +69,22 @@ import Testing
 }
 
 @Suite struct MessageIDTests {
-    @Test func idsAreLowercaseVersion4UUIDsAndDistinct() {
-        let ids = (0..<1000).map { _ in MessageID.random() }
+    @Test func idsAreLowercaseVersion7UUIDsAndDistinct() {
+        let ids = (0..<1000).map { _ in MessageID.timeOrdered() }
         #expect(Set(ids).count == ids.count)
         for id in ids.prefix(50) {
             let groups = id.split(separator: "-")
             #expect(groups.map(\.count) == [8, 4, 4, 4, 12])
             #expect(id.utf8.allSatisfy { ("0"..."9").contains(Character(UnicodeScalar($0))) || ("a"..."f").contains(Character(UnicodeScalar($0))) || $0 == UInt8(ascii: "-") })
-            #expect(groups[2].first == "4")
+            #expect(groups[2].first == "7")
             #expect("89ab".contains(groups[3].first!))
         }
+    }
+
+    @Test func idsStartWithTheirMillisecondAndSortByIt() {
+        #expect(MessageID.timeOrdered(millis: 0x0192_3456_789A).hasPrefix("01923456-789a-7"))
+        let earlier = MessageID.timeOrdered(millis: 1_763_800_000_000)
+        let later = MessageID.timeOrdered(millis: 1_763_800_000_001)
+        #expect(earlier < later)
     }
 }

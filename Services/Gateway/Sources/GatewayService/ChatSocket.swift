@@ -357,7 +357,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
     /// not take is reported to this socket with an error frame.
     private func submit(text: String, sender: Email?) {
         guard let group = session?.group, let member else { return }
-        let message = InboundChatMessage(id: MessageID.random(), group: group, sender: sender?.value, text: text,
+        let message = InboundChatMessage(id: MessageID.timeOrdered(), group: group, sender: sender?.value, text: text,
                                          receivedAt: Timestamp.nowMillis())
         let handler = member.handler, logger = logger
         services.backend.submit(message).onFailure { error in
