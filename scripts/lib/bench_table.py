@@ -163,7 +163,12 @@ if idle:
     lines.append(f"| (d): 19,000 idle sockets on one gateway, all answering, ≤ 15 KB of gateway RSS each | "
                  f"{r['connectionsOpened']} held, {r.get('idleConnectionsAnswering')} answering, {fmt(per, 1, ' KiB')} each | {verdict(ok)} |")
 
-lines += ["", "## Every run", "", "| system | shape | rate/sender | sent | expected | received | lost | dup | order | p50 | p99 | deliveries/s | server CPU | generator CPU |",
+lines += ["", "## Every run", "",
+          "Server CPU is the CPU time of every process of the system under test over the run's wall time, as a "
+          "percentage of one core (the machine has two): for the reference its uvicorn server and Redis, for ours "
+          "the gateway, persistence and room services and RabbitMQ, for bare the one process. Generator CPU is the "
+          "load generator's own.", "",
+          "| system | shape | rate/sender | sent | expected | received | lost | dup | order | p50 | p99 | deliveries/s | server CPU | generator CPU |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for path in sorted(glob.glob(f"{results}/*.json")):
     system, shape = os.path.basename(path).split("-")[0], os.path.basename(path).split("-", 1)[1].rsplit("-", 1)[0]
