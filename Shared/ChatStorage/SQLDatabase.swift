@@ -101,7 +101,9 @@ public final class SQLiteDatabase: SQLDatabase {
     public func run() async throws {
         if let checkpointer {
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                try? await Task.sleep(for: Self.checkpointInterval)
+                // Cut short by graceful shutdown: the final checkpoint in `close()` follows at once.
+                _ = try? await cancelWhenGracefulShutdown { try await Task.sleep(for: Self.checkpointInterval) }
+                if Task.isShuttingDownGracefully || Task.isCancelled { break }
                 _ = try? await Self.run(checkpointer, "PRAGMA wal_checkpoint(PASSIVE)", [])
             }
         } else {

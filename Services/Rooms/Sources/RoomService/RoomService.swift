@@ -116,8 +116,7 @@ struct MembershipExpiry: Service {
     let logger: Logger
 
     func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            try? await Task.sleep(for: .seconds(1))
+        while await sleepUntilShutdown(for: .seconds(1)) {
             for gateway in membership.expire() {
                 logger.info("gateway expired; its members are forgotten", metadata: ["chat.gateway": "\(gateway)"])
             }
