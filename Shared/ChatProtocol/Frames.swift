@@ -45,8 +45,8 @@ public enum ClientFrame {
     }
 }
 
-/// Message ids: random version-4 UUIDs in lowercase text, written straight from 16 random bytes (no
-/// Foundation UUID and no case conversion per message).
+/// Message ids: UUIDs in lowercase text, written straight from the time and random bytes (no Foundation UUID
+/// and no case conversion per message).
 public enum MessageID {
     /// A new message id: a lowercase UUID version 7 (RFC 9562), whose first 48 bits are the Unix time in
     /// milliseconds and the other 74 random. Ids made later sort later, so the store's id index grows at its
