@@ -235,8 +235,7 @@ final class WebSocketLoadHandler: ChannelInboundHandler {
                 fragments = gathered
             }
         case .ping:
-            var pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
-            pong.rsv1 = false
+            let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .connectionClose:
             stopSending()

@@ -86,7 +86,6 @@ final class Progress: Sendable {
     let connected = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
     let received = Atomic<Int>(0)
-    let echoes = Atomic<Int>(0)
 }
 
 struct RunSetup: Sendable {

@@ -73,6 +73,10 @@ extension StorageTests {
             #expect(try await store.count(group: room) == 1)  // nothing of the failed batch was written
             let stored = try await store.store([second, first], checkExisting: true)
             #expect(stored.map(\.seq) == [2, 1])
+            // A first delivery of a room whose next seq is known goes on from it (the one-statement path).
+            let more = (0..<3).map { InboundChatMessage(id: UUID().uuidString, group: room, sender: nil, text: "c\($0)", receivedAt: 3) }
+            #expect(try await store.store(more, checkExisting: false).map(\.seq) == [3, 4, 5])
+            #expect(try await store.history(group: room, limit: 10).map(\.text) == ["a", "b", "c0", "c1", "c2"])
         }
     }
 }
