@@ -75,9 +75,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Presence",
+            dependencies: ["ChatProtocol"],
+            path: "Shared/Presence",
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "ServiceKit",
             dependencies: [
-                "AMQPClient",
+                "AMQPClient", "ChatProtocol",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -90,7 +96,7 @@ let package = Package(
         .target(
             name: "GatewayService",
             dependencies: [
-                "AMQPClient", "ChannelLayer", "ChatProtocol", "ServiceKit",
+                "AMQPClient", "ChannelLayer", "ChatProtocol", "Presence", "ServiceKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -110,7 +116,10 @@ let package = Package(
         ),
         .target(
             name: "PersistenceService",
-            dependencies: ["AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "ServiceKit"],
+            dependencies: [
+                "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "ServiceKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
             path: "Services/Persistence/Sources/PersistenceService",
             swiftSettings: swiftSettings
         ),
@@ -123,7 +132,7 @@ let package = Package(
         .target(
             name: "RoomService",
             dependencies: [
-                "AMQPClient", "ChatProtocol", "ChatStorage", "ServiceKit",
+                "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "Presence", "ServiceKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Services/Rooms/Sources/RoomService",
@@ -165,7 +174,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatUnitTests",
-            dependencies: ["ChatProtocol", "ChannelLayer", "ChatStorage", "GatewayService"],
+            dependencies: ["ChatProtocol", "ChannelLayer", "ChatStorage", "GatewayService", "PersistenceService", "Presence", "RoomService"],
             path: "Tests/ChatUnitTests",
             swiftSettings: swiftSettings
         ),

@@ -225,12 +225,12 @@ public final class AMQPConnection: Service, Sendable {
 
     // MARK: Commands to the worker thread
 
-    func enqueueAck(channel: UInt16, generation: UInt64, deliveryTag: UInt64, multiple: Bool) {
-        enqueue(.ack(channel: channel, generation: generation, tag: deliveryTag, multiple: multiple))
+    func enqueueAck(channel: UInt16, epoch: UInt64, deliveryTag: UInt64, multiple: Bool) {
+        enqueue(.ack(channel: channel, epoch: epoch, tag: deliveryTag, multiple: multiple))
     }
 
-    func enqueueNack(channel: UInt16, generation: UInt64, deliveryTag: UInt64, requeue: Bool) {
-        enqueue(.nack(channel: channel, generation: generation, tag: deliveryTag, requeue: requeue))
+    func enqueueNack(channel: UInt16, epoch: UInt64, deliveryTag: UInt64, requeue: Bool) {
+        enqueue(.nack(channel: channel, epoch: epoch, tag: deliveryTag, requeue: requeue))
     }
 
     func enqueue(_ command: AMQPCommand) {
@@ -327,6 +327,13 @@ public struct AMQPConsumerHandle: Sendable {
     public func cancel() {
         connection.enqueue(.cancelConsumer(id))
     }
+
+    /// Cancels the consumer by closing its channel: the broker requeues every delivery not acknowledged yet,
+    /// in its place in the queue, and acknowledgements of them sent later are dropped. For handing a queue
+    /// over to another consumer (single active consumer) without it overtaking what this one still held.
+    public func release() {
+        connection.enqueue(.releaseConsumer(id))
+    }
 }
 
 /// Where a consumer's deliveries go, called on the worker thread: `deliver` per batch read off the socket,
@@ -369,8 +376,9 @@ enum AMQPCommand: Sendable {
     case publishProduced(@Sendable () -> AMQPProducedBatch?)
     case consume(ConsumerRecord)
     case cancelConsumer(Int)
-    case ack(channel: UInt16, generation: UInt64, tag: UInt64, multiple: Bool)
-    case nack(channel: UInt16, generation: UInt64, tag: UInt64, requeue: Bool)
+    case releaseConsumer(Int)
+    case ack(channel: UInt16, epoch: UInt64, tag: UInt64, multiple: Bool)
+    case nack(channel: UInt16, epoch: UInt64, tag: UInt64, requeue: Bool)
 
     func fail(_ error: AMQPError) {
         switch self {
@@ -385,7 +393,7 @@ enum AMQPCommand: Sendable {
             produce()?.confirmation.complete(.failure(error))
         case .consume(let record):
             record.sink.finish()
-        case .cancelConsumer, .ack, .nack:
+        case .cancelConsumer, .releaseConsumer, .ack, .nack:
             break
         }
     }

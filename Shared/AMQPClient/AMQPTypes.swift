@@ -108,7 +108,9 @@ public struct AMQPDelivery: Sendable {
     public let redelivered: Bool
     public let deliveryTag: UInt64
     let channel: UInt16
-    let generation: UInt64
+    /// Which opening of `channel` it came on (unique per connection and channel): an ack for a channel
+    /// closed since, or of an earlier connection, is dropped rather than sent to a channel reusing the number.
+    let channelEpoch: UInt64
     let connection: AMQPConnection?
 
     public init(body: ByteBuffer, exchange: String = "", routingKey: String = "", properties: AMQPProperties = .init(), redelivered: Bool = false) {
@@ -119,12 +121,12 @@ public struct AMQPDelivery: Sendable {
         self.redelivered = redelivered
         self.deliveryTag = 0
         self.channel = 0
-        self.generation = 0
+        self.channelEpoch = 0
         self.connection = nil
     }
 
     init(body: ByteBuffer, exchange: String, routingKey: String, properties: AMQPProperties, redelivered: Bool,
-         deliveryTag: UInt64, channel: UInt16, generation: UInt64, connection: AMQPConnection) {
+         deliveryTag: UInt64, channel: UInt16, channelEpoch: UInt64, connection: AMQPConnection) {
         self.body = body
         self.exchange = exchange
         self.routingKey = routingKey
@@ -132,17 +134,34 @@ public struct AMQPDelivery: Sendable {
         self.redelivered = redelivered
         self.deliveryTag = deliveryTag
         self.channel = channel
-        self.generation = generation
+        self.channelEpoch = channelEpoch
         self.connection = connection
     }
 
     /// Acknowledges this delivery; with `multiple`, every earlier unacknowledged delivery of its consumer too.
     public func ack(multiple: Bool = false) {
-        connection?.enqueueAck(channel: channel, generation: generation, deliveryTag: deliveryTag, multiple: multiple)
+        connection?.enqueueAck(channel: channel, epoch: channelEpoch, deliveryTag: deliveryTag, multiple: multiple)
     }
+
+    /// The consumer channel it came on, as an opaque key: deliveries with the same key share acknowledgements
+    /// (a multiple ack covers the earlier ones of the same key only).
+    public var consumerKey: UInt64 { channelEpoch }
 
     /// Rejects this delivery; the broker requeues it when `requeue` is true and drops (or dead-letters) it otherwise.
     public func reject(requeue: Bool) {
-        connection?.enqueueNack(channel: channel, generation: generation, deliveryTag: deliveryTag, requeue: requeue)
+        connection?.enqueueNack(channel: channel, epoch: channelEpoch, deliveryTag: deliveryTag, requeue: requeue)
+    }
+}
+
+extension Sequence<AMQPDelivery> {
+    /// Acknowledges every delivery here, wherever they came from: one multiple ack per consumer channel, on
+    /// its latest delivery. Only for deliveries that are all handled, with none of the same channel left
+    /// unhandled before them.
+    public func acknowledgeAll() {
+        var latest: [UInt64: AMQPDelivery] = [:]
+        for delivery in self where latest[delivery.channelEpoch].map({ $0.deliveryTag < delivery.deliveryTag }) ?? true {
+            latest[delivery.channelEpoch] = delivery
+        }
+        for delivery in latest.values { delivery.ack(multiple: true) }
     }
 }

@@ -34,6 +34,12 @@ final class AMQPWorker: @unchecked Sendable {
     private var consumers: [Int: ConsumerRecord] = [:]
     private var consumersByTag: [String: ConsumerRecord] = [:]
     private var nextChannel: UInt16 = 2
+    /// Consumer channels closed on this connection, to be opened again before a new number is taken
+    /// (the broker allows 2,047 channels per connection).
+    private var freeChannels: [UInt16] = []
+    /// The epoch of each open consumer channel; deliveries carry it, and acks must match it.
+    private var channelEpochs: [UInt16: UInt64] = [:]
+    private var nextEpoch: UInt64 = 1
 
     // Publisher confirms on channel 1.
     private static let controlChannel: amqp_channel_t = 1
@@ -160,6 +166,8 @@ final class AMQPWorker: @unchecked Sendable {
         try check(amqp_get_rpc_reply(conn), "confirm.select")
         nextPublishTag = 1
         nextChannel = 2
+        freeChannels.removeAll()
+        channelEpochs.removeAll()
         lastFrameReceived = .now
         lastHeartbeatSent = .now
 
@@ -321,12 +329,25 @@ final class AMQPWorker: @unchecked Sendable {
                 }
                 try check(amqp_get_rpc_reply(conn), "basic.cancel")
             }
-        case .ack(let channel, let generation, let tag, let multiple):
-            guard generation == self.generation else { return }  // the broker redelivers what an old connection held
+        case .releaseConsumer(let id):
+            guard let record = consumers.removeValue(forKey: id) else { return }
+            consumersByTag[record.tag] = nil
+            record.sink.finish()
+            if record.channel != 0 {
+                let channel = record.channel
+                channelEpochs[channel] = nil
+                // Waits for close-ok; deliveries on this channel read meanwhile are queued by librabbitmq and
+                // dropped when handled (no consumer has the tag), and the broker requeues them.
+                try check(amqp_channel_close(conn, channel, AMQP_REPLY_SUCCESS), "channel.close")
+                freeChannels.append(channel)
+            }
+        case .ack(let channel, let epoch, let tag, let multiple):
+            // The broker redelivers what a closed channel or an old connection held.
+            guard channelEpochs[channel] == epoch else { return }
             let status = amqp_basic_ack(conn, channel, tag, multiple ? 1 : 0)
             if status != AMQP_STATUS_OK.rawValue { throw .connection("basic.ack: \(String(cString: amqp_error_string2(status)))") }
-        case .nack(let channel, let generation, let tag, let requeue):
-            guard generation == self.generation else { return }
+        case .nack(let channel, let epoch, let tag, let requeue):
+            guard channelEpochs[channel] == epoch else { return }
             let status = amqp_basic_nack(conn, channel, tag, 0, requeue ? 1 : 0)
             if status != AMQP_STATUS_OK.rawValue { throw .connection("basic.nack: \(String(cString: amqp_error_string2(status)))") }
         }
@@ -370,9 +391,16 @@ final class AMQPWorker: @unchecked Sendable {
     }
 
     private func startConsumer(_ record: ConsumerRecord) throws(Failure) {
-        let channel = nextChannel
-        nextChannel += 1
+        let channel: UInt16
+        if let reused = freeChannels.popLast() {
+            channel = reused
+        } else {
+            channel = nextChannel
+            nextChannel += 1
+        }
         try openChannel(channel)
+        channelEpochs[channel] = nextEpoch
+        nextEpoch += 1
         amqp_basic_qos(conn, channel, 0, record.prefetch, 0)
         try check(amqp_get_rpc_reply(conn), "basic.qos")
         try withArena { arena throws(Failure) in
@@ -494,7 +522,7 @@ final class AMQPWorker: @unchecked Sendable {
             let delivery = AMQPDelivery(
                 body: body, exchange: exchange, routingKey: routingKey, properties: properties,
                 redelivered: deliver.redelivered != 0, deliveryTag: deliver.delivery_tag, channel: frame.channel,
-                generation: generation, connection: owner)
+                channelEpoch: channelEpochs[frame.channel] ?? 0, connection: owner)
             readyDeliveries[record.id, default: []].append(delivery)
         case CHAT_BASIC_ACK:
             let ack = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee

@@ -18,9 +18,14 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     public let requester: AMQPRequester
     public var queueName: String { registry.processName }
     let logger: Logger
+    /// When set, this process's queue is bound to the membership fanout too, and its events go here (on the
+    /// connection's thread) instead of to the groups.
+    let onMembershipEvent: (@Sendable (ByteBuffer) -> Void)?
 
-    public init(connection: AMQPConnection, processID: String, mailboxCapacity: Int = 1024, logger: Logger) {
+    public init(connection: AMQPConnection, processID: String, mailboxCapacity: Int = 1024, logger: Logger,
+                onMembershipEvent: (@Sendable (ByteBuffer) -> Void)? = nil) {
         self.connection = connection
+        self.onMembershipEvent = onMembershipEvent
         let queue = ChatTopology.gatewayQueue(processID)
         self.registry = GroupRegistry(processName: queue, mailboxCapacity: mailboxCapacity)
         self.requester = AMQPRequester(connection: connection, replyQueue: queue)
@@ -33,6 +38,10 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     public func declareTopology() async throws {
         try await connection.declareExchange(ChatTopology.groupsExchange, type: .direct, durable: true)
         try await connection.declareQueue(queueName, durable: false, exclusive: true, autoDelete: true)
+        if onMembershipEvent != nil {
+            try await connection.declareExchange(ChatTopology.membershipExchange, type: .fanout, durable: true)
+            try await connection.bindQueue(queueName, exchange: ChatTopology.membershipExchange, routingKey: "")
+        }
     }
 
     public func run() async throws {
@@ -53,6 +62,10 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     }
 
     func route(_ delivery: AMQPDelivery) {
+        if let onMembershipEvent, delivery.exchange == ChatTopology.membershipExchange {
+            onMembershipEvent(delivery.body)
+            return
+        }
         if delivery.properties.correlationID != nil {
             requester.handleReply(delivery)
             return

@@ -33,6 +33,9 @@ public enum ClientFrame {
         guard !text.isBlank else {
             throw .invalidFrame("'message' must not be empty")
         }
+        if let scalar = MessageText.firstRefusedScalar(in: text) {
+            throw .invalidFrame("'message' must not contain the control character U+\(MessageText.hex(scalar))")
+        }
         return text
     }
 
@@ -201,5 +204,35 @@ extension String {
         let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
         if first == scalars.startIndex && last == scalars.index(before: scalars.endIndex) { return self }
         return String(scalars[first...last])
+    }
+}
+
+/// What a chat message's text may contain (docs/protocol.md): any Unicode scalar value except the C0
+/// controls other than tab, line feed and carriage return (U+0000–U+0008, U+000B, U+000C, U+000E–U+001F),
+/// DEL (U+007F) and the C1 controls (U+0080–U+009F). PostgreSQL's `text` cannot hold U+0000 at all; the
+/// others are refused too so that SQLite and PostgreSQL store exactly the same set of texts.
+public enum MessageText {
+    public static func isAllowed(_ scalar: Unicode.Scalar) -> Bool {
+        let v = scalar.value
+        if v >= 0x20 && v < 0x7F { return true }
+        if v == 0x09 || v == 0x0A || v == 0x0D { return true }
+        return v > 0x9F
+    }
+
+    /// The first scalar that a message may not contain, if any (UTF-8 bytes first: most texts are ASCII).
+    public static func firstRefusedScalar(in text: String) -> Unicode.Scalar? {
+        var clean = true
+        for byte in text.utf8 where byte < 0x20 || byte == 0x7F || byte == 0xC2 {
+            if byte == 0x09 || byte == 0x0A || byte == 0x0D { continue }
+            clean = false
+            break
+        }
+        if clean { return nil }
+        return text.unicodeScalars.first { !isAllowed($0) }
+    }
+
+    public static func hex(_ scalar: Unicode.Scalar) -> String {
+        let digits = String(scalar.value, radix: 16, uppercase: true)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
     }
 }

@@ -1,10 +1,37 @@
 /// Names of the AMQP exchanges, queues and headers the services share (docs/amqp-topology.md).
 public enum ChatTopology {
-    /// Direct exchange: gateways publish every accepted client message here (routing key `message`).
+    /// Direct exchange: gateways publish every accepted client message here, routed by the partition of its
+    /// room (routing key ``partitionRoutingKey(_:)``) to that partition's queue.
     public static let inboundExchange = "chat.inbound"
-    public static let inboundRoutingKey = "message"
-    /// Durable queue of the persistence service (single active consumer keeps per-room order).
-    public static let inboundQueue = "chat.persistence.messages"
+    /// Partitions when `CHAT_PERSIST_PARTITIONS` is not set; every gateway and persistence worker must agree.
+    public static let defaultPartitions = 8
+    /// Durable queue of one partition (single active consumer: one worker at a time keeps per-room order).
+    public static func partitionQueue(_ partition: Int) -> String { "chat.persistence.p\(partition)" }
+    public static func partitionRoutingKey(_ partition: Int) -> String { "p\(partition)" }
+    /// The partition of a room: FNV-1a (64 bit) of its group name, modulo the partition count. Stable across
+    /// processes and releases, since gateways and workers compute it apart.
+    public static func partition(of group: String, count: Int) -> Int {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in group.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        return Int(hash % UInt64(max(1, count)))
+    }
+    /// Fanout exchange of the persistence workers' heartbeats, from which each computes who owns which partition.
+    public static let workersExchange = "chat.persistence.workers"
+    /// Exclusive queue of one persistence worker on ``workersExchange``.
+    public static func workerQueue(_ workerID: String) -> String { "chat.persistence.worker." + workerID }
+    /// Durable queue of messages the store refused on their own (header ``reasonHeader`` says why).
+    public static let deadLetterQueue = "chat.dead"
+    public static let reasonHeader = "x-reason"
+    /// Fanout exchange of the gateways' joins, leaves and heartbeats: every room service instance (and every
+    /// gateway, for presence) keeps the whole membership from it.
+    public static let membershipExchange = "chat.rooms.membership"
+    /// Exclusive queue of one room service instance on ``membershipExchange``.
+    public static func roomsInstanceQueue(_ instanceID: String) -> String { "chat.rooms.instance." + instanceID }
+    /// Header marking a membership event on a gateway's own queue.
+    public static let membershipHeader = "x-membership"
     /// Direct exchange of the channel layer's groups: routing key = group key, bound by gateways.
     public static let groupsExchange = "chat.groups"
     /// Request queues (request/reply, reply to the caller's own queue with a correlation id).

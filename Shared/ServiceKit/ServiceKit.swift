@@ -1,4 +1,5 @@
 import AMQPClient
+import ChatProtocol
 import Foundation
 import Hummingbird
 import Logging
@@ -21,9 +22,30 @@ public struct EnvironmentReader: Sendable {
         values[key].flatMap { Int($0) } ?? fallback
     }
 
+    /// An integer that must lie in `range`: a value that is set but malformed or out of range is refused at
+    /// start (``ConfigurationError``) rather than quietly replaced by the default.
+    public func int(_ key: String, default fallback: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let raw = values[key], !raw.isEmpty else { return fallback }
+        guard let value = Int(raw), range.contains(value) else {
+            throw ConfigurationError.invalid(key, raw, "an integer from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
     public func bool(_ key: String, default fallback: Bool) -> Bool {
         guard let value = values[key]?.lowercased() else { return fallback }
         return ["1", "true", "yes", "on"].contains(value)
+    }
+}
+
+/// A configuration value that cannot be used; the service refuses to start with it.
+public enum ConfigurationError: Error, CustomStringConvertible {
+    case invalid(String, String, String)
+
+    public var description: String {
+        switch self {
+        case .invalid(let key, let value, let expected): "\(key)='\(value)' is not valid: expected \(expected)"
+        }
     }
 }
 
@@ -49,14 +71,20 @@ public enum ServiceLogging {
 }
 
 public enum HealthRoutes {
-    /// `GET /health`: the process is up. `GET /health/ready`: 200 when its broker connection is up, else 503.
-    public static func add<Context: RequestContext>(to router: Router<Context>, service: String, connection: AMQPConnection) {
+    /// `GET /health`: the process is up. `GET /health/ready`: 200 when its broker connection is up and nothing
+    /// in `readiness` is still waiting (its database, say), else 503 with what it waits for.
+    public static func add<Context: RequestContext>(to router: Router<Context>, service: String, connection: AMQPConnection,
+                                                    readiness: Readiness = Readiness()) {
         router.get("/health") { _, _ -> Response in
             json(.ok, "{\"status\":\"ok\",\"service\":\"\(service)\",\"amqp\":\(connection.isConnected)}")
         }
         router.get("/health/ready") { _, _ -> Response in
             let up = connection.isConnected
-            return json(up ? .ok : .serviceUnavailable, "{\"ready\":\(up),\"service\":\"\(service)\",\"amqp\":\(up)}")
+            let waiting = readiness.waitingFor
+            let ready = up && waiting.isEmpty
+            let reasons = waiting.sorted { $0.key < $1.key }.map { "\(JSONWriter.quoted($0.key)):\(JSONWriter.quoted($0.value))" }
+            return json(ready ? .ok : .serviceUnavailable,
+                        "{\"ready\":\(ready),\"service\":\"\(service)\",\"amqp\":\(up),\"waiting\":{\(reasons.joined(separator: ","))}}")
         }
     }
 
@@ -99,10 +127,10 @@ public func sleepUntilShutdown(for duration: Duration) async -> Bool {
 }
 
 /// A small HTTP server with the health routes, for services that serve nothing else over HTTP.
-public func makeHealthServer(service: String, host: String, port: Int, connection: AMQPConnection, logger: Logger,
-                             extraRoutes: (Router<BasicRequestContext>) -> Void = { _ in }) -> some Service {
+public func makeHealthServer(service: String, host: String, port: Int, connection: AMQPConnection, readiness: Readiness = Readiness(),
+                             logger: Logger, extraRoutes: (Router<BasicRequestContext>) -> Void = { _ in }) -> some Service {
     let router = Router()
-    HealthRoutes.add(to: router, service: service, connection: connection)
+    HealthRoutes.add(to: router, service: service, connection: connection, readiness: readiness)
     extraRoutes(router)
     return Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: service), logger: logger)
 }

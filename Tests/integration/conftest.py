@@ -131,6 +131,10 @@ class Stack:
     def url(self):
         return f"http://127.0.0.1:{self.gateways[0]}"
 
+    @property
+    def ws_base(self):
+        return f"ws://127.0.0.1:{self.gateways[0]}"
+
     def ws_url(self, room, gateway=0):
         from urllib.parse import quote
         return f"ws://127.0.0.1:{self.gateways[gateway]}/ws/chat/{quote(room, safe='')}/"
@@ -146,9 +150,129 @@ class Stack:
             return [(s, b) for s, b in db.execute("SELECT seq, body FROM chat_messages WHERE grp = ? ORDER BY seq", (group,))]
 
 
-@pytest.fixture(scope="module")
-def stack():
-    s = Stack("sqlite", env={"CHAT_GATEWAY_EXPIRY_SECONDS": "3", "CHAT_HEARTBEAT_SECONDS": "1"}).start()
+NGINX = "/usr/sbin/nginx"
+
+
+def write_nginx_conf(directory, listen_port, gateway_ports):
+    """nginx in front of the gateways: HTTP and the WebSocket upgrade, round robin (the deployment's shape)."""
+    directory = Path(directory)
+    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"]:
+        (directory / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in gateway_ports)
+    conf = directory / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+worker_rlimit_nofile 8192;
+error_log {directory}/nginx-error.log warn;
+pid {directory}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/tmp/body; proxy_temp_path {directory}/tmp/proxy;
+  fastcgi_temp_path {directory}/tmp/fastcgi; uwsgi_temp_path {directory}/tmp/uwsgi; scgi_temp_path {directory}/tmp/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  upstream gateways {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{listen_port};
+    location / {{
+      proxy_pass http://gateways;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $http_host;
+      proxy_read_timeout 3600s;
+      proxy_next_upstream error timeout http_502;
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+class ScaledStack(Stack):
+    """Gateways, persistence workers and room services, several of each, all started at the same instant on
+    one PostgreSQL, behind nginx: the deployment the services are sold as."""
+
+    def __init__(self, name, gateways=2, persistence=2, rooms=2, env=None):
+        super().__init__(name, database="postgres", env=env)
+        self.counts = {"gateway": gateways, "persistence": persistence, "rooms": rooms}
+        self.nginx_port = None
+
+    def start(self):
+        waits = []
+        for i in range(self.counts["persistence"]):
+            port = self.ports.setdefault(f"persistence{i}", free_port())
+            self._spawn(f"persistence{i}", "Persistence", {"CHAT_DATABASE_URL": self.messages_db, "CHAT_HEALTH_PORT": str(port),
+                                                          "CHAT_PERSIST_WORKER_ID": f"w{i}"})
+            waits.append(port)
+        for i in range(self.counts["rooms"]):
+            port = self.ports.setdefault(f"rooms{i}", free_port())
+            self._spawn(f"rooms{i}", "Rooms", {"CHAT_DATABASE_URL": self.rooms_db, "CHAT_HEALTH_PORT": str(port),
+                                              "CHAT_ROOMS_INSTANCE_ID": f"r{i}"})
+            waits.append(port)
+        for i in range(self.counts["gateway"]):
+            port = free_port()
+            key = f"gateway{i}"
+            self._spawn(key, "Gateway", {"CHAT_GATEWAY_PORT": str(port), "CHAT_GATEWAY_ID": f"{self.name}-{key}"})
+            self.gateways.append(port)
+            waits.append(port)
+        for port in waits:
+            wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=60)
+        # The single-instance names the shared tests use point at the first instance of each.
+        self.ports["persistence"], self.ports["rooms"] = self.ports["persistence0"], self.ports["rooms0"]
+        self.start_nginx()
+        return self
+
+    def start_nginx(self):
+        self.nginx_port = self.nginx_port or free_port()
+        conf = write_nginx_conf(self.dir / "nginx", self.nginx_port, self.gateways[: self.counts["gateway"]])
+        self.procs["nginx"] = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(self.dir / "nginx"), "-g", "daemon off;"],
+                                               stdout=open(self.dir / "nginx.log", "ab"), stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{self.nginx_port}/health", timeout=20)
+
+    def restart_persistence(self, i):
+        port = self.ports[f"persistence{i}"]
+        self._spawn(f"persistence{i}", "Persistence", {"CHAT_DATABASE_URL": self.messages_db, "CHAT_HEALTH_PORT": str(port),
+                                                      "CHAT_PERSIST_WORKER_ID": f"w{i}"})
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=60)
+
+    def start_persistence(self):
+        self.restart_persistence(0)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.nginx_port}"
+
+    @property
+    def ws_base(self):
+        return f"ws://127.0.0.1:{self.nginx_port}"
+
+    def ws_url(self, room, gateway=None):
+        from urllib.parse import quote
+        port = self.nginx_port if gateway is None else self.gateways[gateway]
+        return f"ws://127.0.0.1:{port}/ws/chat/{quote(room, safe='')}/"
+
+    def worker_stats(self):
+        return [requests.get(f"http://127.0.0.1:{self.ports[f'persistence{i}']}/stats", timeout=5).json()
+                for i in range(self.counts["persistence"]) if f"persistence{i}" in self.procs]
+
+    def room_stats(self):
+        return [requests.get(f"http://127.0.0.1:{self.ports[f'rooms{i}']}/stats", timeout=5).json()
+                for i in range(self.counts["rooms"]) if f"rooms{i}" in self.procs]
+
+
+QUICK_MEMBERSHIP = {"CHAT_GATEWAY_EXPIRY_SECONDS": "3", "CHAT_HEARTBEAT_SECONDS": "1"}
+
+
+@pytest.fixture(scope="module", params=["single", "scaled"])
+def stack(request):
+    """Every test that takes `stack` runs on one instance of each service on SQLite, and again on 2 gateways,
+    2 persistence workers and 2 room services on PostgreSQL behind nginx."""
+    if request.param == "single":
+        s = Stack("sqlite", env=QUICK_MEMBERSHIP).start()
+    else:
+        s = ScaledStack("scaled", env=QUICK_MEMBERSHIP).start()
     yield s
     s.stop()
 
@@ -163,6 +287,8 @@ class Client:
     def __init__(self, ws):
         self.ws = ws
         self.frames = []
+        self.presence = []  # presence frames, kept apart from the chat frames
+        self._pending = []  # chat frames read while waiting for presence, not yet returned by recv
 
     @classmethod
     async def connect(cls, url, origin="http://127.0.0.1"):
@@ -172,9 +298,34 @@ class Client:
         await self.ws.send(json.dumps({"message": text}))
 
     async def recv(self, timeout=10):
-        frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-        self.frames.append(frame)
-        return frame
+        """The next frame that is not a presence frame (those go to `self.presence`)."""
+        if self._pending:
+            frame = self._pending.pop(0)
+            self.frames.append(frame)
+            return frame
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic())))
+            if frame.get("type") == "presence":
+                self.presence.append(frame)
+                continue
+            self.frames.append(frame)
+            return frame
+
+    async def presence_until(self, predicate, timeout=10):
+        """Reads frames until a presence frame satisfies `predicate`; returns it (chat frames are kept)."""
+        for frame in self.presence:
+            if predicate(frame):
+                return frame
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic())))
+            if frame.get("type") == "presence":
+                self.presence.append(frame)
+                if predicate(frame):
+                    return frame
+            else:
+                self._pending.append(frame)
 
     async def recv_messages(self, count, timeout=20):
         """Receives `count` chat messages (error frames are kept apart and fail the caller)."""
@@ -186,9 +337,14 @@ class Client:
             out.append(frame)
         return out
 
+    async def recv_messages_and_errors(self, count, timeout=20):
+        """Receives `count` frames, chat messages and error frames alike, in order."""
+        deadline = time.monotonic() + timeout
+        return [await self.recv(timeout=max(0.1, deadline - time.monotonic())) for _ in range(count)]
+
     async def expect_silence(self, seconds=1.0):
         try:
-            frame = await asyncio.wait_for(self.ws.recv(), seconds)
+            frame = await self.recv(timeout=seconds)
         except asyncio.TimeoutError:
             return
         raise AssertionError(f"unexpected frame {frame}")

@@ -47,7 +47,7 @@ async def consult_socket(stack, room_id, token=None, origin="http://127.0.0.1", 
     path = f"/ws/room/{raw_id if raw_id is not None else room_id}/messages"
     if token:
         path += f"?token={token}"
-    return Client(await websockets.connect(f"ws://127.0.0.1:{stack.gateways[0]}{path}", additional_headers={"Origin": origin}, max_size=None))
+    return Client(await websockets.connect(f"{stack.ws_base}{path}", additional_headers={"Origin": origin}, max_size=None))
 
 
 def message(text, shop, visitor, sender=None):

@@ -23,6 +23,10 @@ def api(stack):
 
 
 def stored_consult(stack, room_id):
+    if stack.pg_url:
+        from conftest import psql
+        return [(int(q), None if s == "" else s, b) for q, s, b in psql(
+            stack.pg_url, f"SELECT seq, COALESCE(sender, ''), body FROM chat_messages WHERE grp = 'consult:{room_id}' ORDER BY seq")]
     import sqlite3
     with sqlite3.connect(stack.dir / "messages.sqlite") as db:
         return list(db.execute("SELECT seq, sender, body FROM chat_messages WHERE grp = ? ORDER BY seq", (f"consult:{room_id}",)))

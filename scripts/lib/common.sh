@@ -100,3 +100,43 @@ stop_postgres() {
   if [ -f "$dir/data/postmaster.pid" ]; then "${runas[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true; fi
   return 0
 }
+
+# start_nginx DIR HOST PORT GATEWAY_PORT...: Debian's nginx in front of the gateways on HOST:PORT (HTTP and the
+# WebSocket upgrade, round robin, a dead gateway skipped). Its files stay under DIR.
+start_nginx() {
+  local dir="$1" host="$2" port="$3"; shift 3
+  apt_install nginx-light
+  mkdir -p "$dir/tmp/body" "$dir/tmp/proxy" "$dir/tmp/fastcgi" "$dir/tmp/uwsgi" "$dir/tmp/scgi"
+  local servers="" p
+  for p in "$@"; do servers+="    server 127.0.0.1:$p max_fails=1 fail_timeout=2s;"$'\n'; done
+  cat > "$dir/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 8192;
+error_log $dir/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body; proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi; uwsgi_temp_path $dir/tmp/uwsgi; scgi_temp_path $dir/tmp/scgi;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream gateways {
+$servers  }
+  server {
+    listen $host:$port;
+    location / {
+      proxy_pass http://gateways;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$http_host;
+      proxy_read_timeout 3600s;
+      proxy_next_upstream error timeout http_502;
+    }
+  }
+}
+CONF
+  /usr/sbin/nginx -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' > "$dir/stdout.log" 2>&1 &
+  NGINX_PID=$!
+  log "nginx on $host:$port in front of gateways on ports $*"
+}

@@ -151,11 +151,11 @@ final class ChatSocketHandler: ChannelInboundHandler {
         services.limiter.leave()
         guard let member else { return }
         services.backend.layer.registry.forget(member)
-        if wasOpen, let group = session?.group {
+        if wasOpen, let session {
             let backend = services.backend
             Task {
-                try? await backend.layer.groupDiscard(group, channel: member)
-                await backend.leave(group: group)
+                try? await backend.layer.groupDiscard(session.group, channel: member)
+                await backend.leave(group: session.group, email: session.presenceEmail)
             }
         }
     }
@@ -232,7 +232,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
                     let backend = services.backend
                     Task {
                         try? await backend.layer.groupDiscard(session.group, channel: member)
-                        await backend.leave(group: session.group)
+                        await backend.leave(group: session.group, email: session.presenceEmail)
                     }
                 }
                 return
@@ -241,6 +241,8 @@ final class ChatSocketHandler: ChannelInboundHandler {
             for frame in history.frames { write(frame) }
             if let first = history.firstSeq { lastSeq = first + Int64(history.frames.count) - 1 }
             if historyFailed { sendError("history unavailable") }
+            // Who is here, at once; later changes come from the ``PresenceNotifier`` at most once a second.
+            write(ByteBuffer(string: services.backend.presenceFrame(session.group)))
             phase = .live
             let held = self.held, early = self.early
             self.held = []
@@ -418,6 +420,12 @@ struct OpenedSession: Sendable {
     let kind: Kind
     let group: String
     let identity: Identity?
+
+    /// Who this socket is in the room's presence: the participant's email in a consultation room; named
+    /// rooms count sockets only.
+    var presenceEmail: String? {
+        if case .consult = kind { identity?.email.value } else { nil }
+    }
 }
 
 /// The asynchronous part of opening a socket: who it is, which room, joining the room (room service) and its
@@ -481,8 +489,9 @@ struct SessionOpener: Sendable {
         }
 
         let backend = services.backend
+        let presenceEmail: String? = if case .consult = kind { identity?.email.value } else { nil }
         do {
-            let reply = try await backend.join(group: group)
+            let reply = try await backend.join(group: group, email: presenceEmail)
             guard reply.ok else { return .refused(reply.error ?? "cannot join room", CloseCode.invalidRoom) }
         } catch {
             services.logger.warning("room service did not answer", metadata: ["error": "\(error)"])
@@ -492,7 +501,7 @@ struct SessionOpener: Sendable {
             try await backend.layer.groupAdd(group, channel: member)
         } catch {
             services.logger.warning("could not join the room's group", metadata: ["error": "\(error)"])
-            await backend.leave(group: group)
+            await backend.leave(group: group, email: presenceEmail)
             return .refused("broker unavailable, try again later", CloseCode.tryAgainLater)
         }
         let session = OpenedSession(kind: kind, group: group, identity: identity)

@@ -43,6 +43,7 @@ enum ConsultPage {
                 <input id="chat-message-input" type="text" size="80">
                 <input id="chat-message-submit" type="button" value="Send">
                 <p id="read-receipt"></p>
+                <p id="presence"></p>
             </section>
             <script>
             (function () {
@@ -155,6 +156,7 @@ enum ConsultPage {
                     socket.onmessage = (e) => {
                         const data = JSON.parse(e.data);
                         if (data.error !== undefined) { appendLine('error', data.error, 'msg error'); return; }
+                        if (data.type === 'presence') { $('presence').textContent = 'Online: ' + data.online.join(', '); return; }
                         if (data.type === 'read') {
                             if (data.reader_email !== me.email) $('read-receipt').textContent = 'Read by ' + data.reader_email + ' up to #' + data.up_to_seq;
                             return;

@@ -7,6 +7,7 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import NIOPosix
+import Presence
 import ServiceKit
 import ServiceLifecycle
 import Synchronization
@@ -19,9 +20,18 @@ public func buildApplication(_ configuration: GatewayConfiguration, logger: Logg
     let connection = AMQPConnection(
         configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "gateway-\(configuration.gatewayID)"),
         logger: logger)
+    // Every gateway's joins, leaves and heartbeats, for the presence counts of this gateway's rooms.
+    let membership = Membership(expiry: configuration.gatewayExpiry)
+    let gatewayID = configuration.gatewayID
+    let decoder = JSONDecoder()
     let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID,
-                                 mailboxCapacity: configuration.mailboxCapacity, logger: logger)
-    let backend = GatewayBackend(configuration: configuration, layer: layer, logger: logger)
+                                 mailboxCapacity: configuration.mailboxCapacity, logger: logger) { body in
+        // This gateway's own members are counted from its registry, which is never behind.
+        if let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: body)), event.gateway != gatewayID {
+            event.apply(to: membership)
+        }
+    }
+    let backend = GatewayBackend(configuration: configuration, layer: layer, membership: membership, logger: logger)
     guard configuration.jwtSecret.utf8.count >= 32 else {
         throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
     }
@@ -30,7 +40,8 @@ public func buildApplication(_ configuration: GatewayConfiguration, logger: Logg
         logger.warning("CHAT_DEV_TOKENS is on: POST /api/dev/token mints tokens for anyone (development only)")
     }
     let server = makeServer(configuration: configuration, backend: backend, authenticator: authenticator, logger: logger)
-    return ServiceApplication(services: [connection, backend, layer, server, MemoryTrimmer(interval: configuration.mallocTrimInterval)],
+    return ServiceApplication(services: [connection, backend, layer, PresenceNotifier(backend: backend), server,
+                                         MemoryTrimmer(interval: configuration.mallocTrimInterval)],
                               logger: logger)
 }
 
@@ -75,30 +86,51 @@ final class GatewayBackend: Service {
     let decoder = JSONDecoder()
 
     let inboundBatcher: InboundBatcher
+    /// The other gateways' members (from the membership fanout).
+    let membership: Membership
+    /// This gateway's consultation sockets per room and email (their named sockets are the registry's counts).
+    let localOnline = Mutex<[String: [String: Int]]>([:])
 
-    init(configuration: GatewayConfiguration, layer: AMQPChannelLayer, logger: Logger) {
+    init(configuration: GatewayConfiguration, layer: AMQPChannelLayer, membership: Membership, logger: Logger) {
         self.configuration = configuration
         self.layer = layer
+        self.membership = membership
         self.logger = logger
-        self.inboundBatcher = InboundBatcher(connection: layer.connection)
+        self.inboundBatcher = InboundBatcher(connection: layer.connection, partitions: configuration.partitions)
     }
 
     func run() async throws {
         try await declareTopology()
-        while await sleepUntilShutdown(for: configuration.heartbeatInterval) {
-            let heartbeat = RoomRequest(op: .heartbeat, gateway: configuration.gatewayID, rooms: layer.registry.memberCounts())
-            try? await publish(heartbeat, to: ChatTopology.roomsQueue)
+        repeat {
+            let heartbeat = MembershipEvent(kind: .heartbeat, gateway: configuration.gatewayID, rooms: layer.registry.memberCounts(),
+                                            online: localOnline.withLock { $0 })
+            try? await publishMembership(heartbeat)
+        } while await sleepUntilShutdown(for: configuration.heartbeatInterval)
+    }
+
+    /// Publishes a membership event to the fanout: every room service instance and every gateway gets it.
+    func publishMembership(_ event: MembershipEvent) async throws {
+        try await connection.publish(AMQPOutgoingMessage(exchange: ChatTopology.membershipExchange, routingKey: "",
+                                                         body: ByteBuffer(bytes: try encoder.encode(event))))
+    }
+
+    /// The presence frame of a room as this gateway sees it now: its own sockets and the other gateways'.
+    func presenceFrame(_ group: String) -> String {
+        let me = configuration.gatewayID
+        if group.hasPrefix("consult:") {
+            var online = Set(membership.online(in: group, excluding: me).keys)
+            online.formUnion(localOnline.withLock { $0[group]?.keys.map { $0 } ?? [] })
+            return PresenceFrame.consult(online: Array(online))
         }
+        let count = layer.registry.memberCount(group) + membership.members(of: group, excluding: me)
+        return PresenceFrame.named(room: GroupName.displayName(of: group), count: count)
     }
 
     /// Declares what the gateway publishes to, so a message is queued durably even before its consumer starts.
     func declareTopology() async throws {
         try await layer.declareTopology()
-        try await connection.declareExchange(ChatTopology.inboundExchange, type: .direct, durable: true)
-        try await connection.declareQueue(ChatTopology.inboundQueue, durable: true, arguments: ["x-single-active-consumer": .bool(true)])
-        try await connection.bindQueue(ChatTopology.inboundQueue, exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.inboundRoutingKey)
-        try await connection.declareQueue(ChatTopology.historyQueue, durable: true)
-        try await connection.declareQueue(ChatTopology.roomsQueue, durable: true)
+        try await ChatTopology.declareInbound(on: connection, partitions: configuration.partitions)
+        try await ChatTopology.declareShared(on: connection)
     }
 
     /// Hands a client message to the persistence service. Messages from every socket of this gateway that arrive
@@ -110,13 +142,27 @@ final class GatewayBackend: Service {
     }
 
 
-    func join(group: String) async throws -> RoomReply {
+    /// Asks the room service for the room (created on first use) and, once it is there, tells every instance
+    /// that a socket joined (`email`: who, in a consultation room).
+    func join(group: String, email: String?) async throws -> RoomReply {
         let reply = try await request(RoomRequest(op: .join, gateway: configuration.gatewayID, room: group), to: ChatTopology.roomsQueue)
-        return try decoder.decode(RoomReply.self, from: Data(buffer: reply.body))
+        let decoded = try decoder.decode(RoomReply.self, from: Data(buffer: reply.body))
+        if decoded.ok {
+            if let email { localOnline.withLock { $0[group, default: [:]][email, default: 0] += 1 } }
+            try? await publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group, email: email))
+        }
+        return decoded
     }
 
-    func leave(group: String) async {
-        try? await publish(RoomRequest(op: .leave, gateway: configuration.gatewayID, room: group), to: ChatTopology.roomsQueue)
+    func leave(group: String, email: String?) async {
+        if let email {
+            localOnline.withLock { online in
+                guard let count = online[group]?[email] else { return }
+                online[group]![email] = count > 1 ? count - 1 : nil
+                if online[group]!.isEmpty { online[group] = nil }
+            }
+        }
+        try? await publishMembership(MembershipEvent(kind: .leave, gateway: configuration.gatewayID, room: group, email: email))
     }
 
     /// Stored frames of a room, oldest first, with the seq of the first.
@@ -203,10 +249,12 @@ final class InboundBatcher: Sendable {
         var requested = false
     }
     let connection: AMQPConnection
+    let partitions: Int
     private let state = Mutex(State())
 
-    init(connection: AMQPConnection) {
+    init(connection: AMQPConnection, partitions: Int) {
         self.connection = connection
+        self.partitions = partitions
     }
 
     func add(_ message: InboundChatMessage) -> AMQPConfirmation {
@@ -233,10 +281,23 @@ final class InboundBatcher: Sendable {
             return (s.messages, s.confirmation)
         }
         guard let confirmation, !batch.isEmpty else { return nil }
-        return AMQPProducedBatch(messages: [AMQPOutgoingMessage(
-            exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.inboundRoutingKey, body: ByteBuffer(string: Self.encode(batch)),
-            properties: AMQPProperties(persistent: true, headers: [ChatTopology.countHeader: .int(Int64(batch.count))]),
-            mandatory: true)], confirmation: confirmation)
+        // One AMQP message per partition the batch touches (each keeps its messages' order), all sharing the
+        // batch's confirmation.
+        var byPartition: [Int: [InboundChatMessage]] = [:]
+        var order: [Int] = []
+        for message in batch {
+            let partition = partitions == 1 ? 0 : ChatTopology.partition(of: message.group, count: partitions)
+            if byPartition[partition] == nil { order.append(partition) }
+            byPartition[partition, default: []].append(message)
+        }
+        return AMQPProducedBatch(messages: order.map { partition in
+            let messages = byPartition[partition]!
+            return AMQPOutgoingMessage(
+                exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.partitionRoutingKey(partition),
+                body: ByteBuffer(string: Self.encode(messages)),
+                properties: AMQPProperties(persistent: true, headers: [ChatTopology.countHeader: .int(Int64(messages.count))]),
+                mandatory: true)
+        }, confirmation: confirmation)
     }
 
     /// `[{"id","group","sender"?,"text","receivedAt"}, …]`: what `InboundChatMessage`'s Codable reads.
@@ -256,5 +317,31 @@ final class InboundBatcher: Sendable {
         }
         out.append("]")
         return out
+    }
+}
+
+/// Sends each room's presence to this gateway's sockets in it whenever it changes, at most once a second per
+/// room (a joining socket gets the current one at once, see ``ChatSocketHandler``), and forgets other gateways
+/// that stopped sending heartbeats.
+struct PresenceNotifier: Service {
+    let backend: GatewayBackend
+
+    func run() async throws {
+        var lastSent: [String: String] = [:]
+        while await sleepUntilShutdown(for: .seconds(1)) {
+            for gateway in backend.membership.expire() {
+                backend.logger.info("gateway expired; its members leave the presence counts", metadata: ["chat.peer_gateway": "\(gateway)"])
+            }
+            let registry = backend.layer.registry
+            var current: [String: String] = [:]
+            for group in registry.memberCounts().keys {
+                let frame = backend.presenceFrame(group)
+                current[group] = frame
+                if lastSent[group] != frame {
+                    _ = registry.dispatch(ChannelMessage(body: ByteBuffer(string: frame), group: group), to: group)
+                }
+            }
+            lastSent = current
+        }
     }
 }

@@ -1,3 +1,4 @@
+import ChatProtocol
 import Foundation
 import ServiceKit
 import NIOCore
@@ -46,6 +47,12 @@ public struct GatewayConfiguration: Sendable {
     /// broker and the other services when they share the machine (on 2 cores one loop measured best).
     public var eventLoopThreads: Int = Self.defaultEventLoopThreads
     public static var defaultEventLoopThreads: Int { max(1, System.coreCount / 2) }
+    /// `CHAT_PERSIST_PARTITIONS` (default 8): the partitions of `chat.inbound`; the same in every gateway and
+    /// persistence worker (a room's messages go to the partition its name hashes to).
+    public var partitions: Int = ChatTopology.defaultPartitions
+    /// `CHAT_GATEWAY_EXPIRY_SECONDS` (default 15): another gateway not heard from for this long has its members
+    /// dropped from the presence counts (the room service uses the same variable).
+    public var gatewayExpiry: Duration = .seconds(15)
 
     public init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
@@ -69,7 +76,7 @@ public struct GatewayConfiguration: Sendable {
         self.maxConnections = maxConnections
     }
 
-    public static func fromEnvironment(_ env: EnvironmentReader = .init()) -> Self {
+    public static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
             host: env.string("CHAT_GATEWAY_HOST", default: "127.0.0.1"),
             port: env.int("CHAT_GATEWAY_PORT", default: 8000),
@@ -89,6 +96,8 @@ public struct GatewayConfiguration: Sendable {
             maxConnections: env.int("CHAT_MAX_CONNECTIONS", default: 0) > 0 ? env.int("CHAT_MAX_CONNECTIONS", default: 0) : nil)
             .with(\.mallocTrimInterval, .seconds(env.int("CHAT_MALLOC_TRIM_SECONDS", default: 10)))
             .with(\.eventLoopThreads, max(1, env.int("CHAT_GATEWAY_THREADS", default: Self.defaultEventLoopThreads)))
+            .with(\.partitions, try env.int("CHAT_PERSIST_PARTITIONS", default: ChatTopology.defaultPartitions, in: 1...256))
+            .with(\.gatewayExpiry, .seconds(try env.int("CHAT_GATEWAY_EXPIRY_SECONDS", default: 15, in: 1...3600)))
     }
 
     func with<Value>(_ key: WritableKeyPath<Self, Value>, _ value: Value) -> Self {

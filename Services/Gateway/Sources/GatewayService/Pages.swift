@@ -77,6 +77,7 @@ enum Pages {
             <title>Chat Room \(escapeHTML(room.value))</title>
         </head>
         <body>
+            <p id="presence"></p>
             <textarea id="chat-log" cols="100" rows="20" readonly></textarea><br>
             <input id="chat-message-input" type="text" size="100"><br>
             <input id="chat-message-submit" type="button" value="Send">
@@ -93,6 +94,8 @@ enum Pages {
                     const data = JSON.parse(e.data);
                     if (data.error !== undefined) {
                         log.value += ('[error] ' + data.error + '\\n');
+                    } else if (data.type === 'presence') {
+                        document.querySelector('#presence').textContent = data.count + (data.count === 1 ? ' person' : ' people') + ' here';
                     } else {
                         log.value += (data.message + '\\n');
                     }

@@ -1,10 +1,12 @@
 import AMQPClient
+import ChannelLayer
 import ChatProtocol
 import ChatStorage
 import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import Presence
 import ServiceKit
 import ServiceLifecycle
 import Synchronization
@@ -20,94 +22,76 @@ public struct RoomConfiguration: Sendable {
     public var healthPort: Int
     /// `CHAT_GATEWAY_EXPIRY_SECONDS` (default 15): a gateway not heard from for this long has its members forgotten.
     public var gatewayExpiry: Duration
+    /// `CHAT_ROOMS_INSTANCE_ID` (default random): names this instance's membership queue.
+    public var instanceID: String
 
-    public static func fromEnvironment(_ env: EnvironmentReader = .init()) -> Self {
+    public static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
             amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
             databaseURL: env.string("CHAT_DATABASE_URL", default: "sqlite:.state/rooms.sqlite"),
             healthHost: env.string("CHAT_HEALTH_HOST", default: "127.0.0.1"),
-            healthPort: env.int("CHAT_HEALTH_PORT", default: 8002),
-            gatewayExpiry: .seconds(env.int("CHAT_GATEWAY_EXPIRY_SECONDS", default: 15)))
+            healthPort: try env.int("CHAT_HEALTH_PORT", default: 8002, in: 0...65535),
+            gatewayExpiry: .seconds(try env.int("CHAT_GATEWAY_EXPIRY_SECONDS", default: 15, in: 1...3600)),
+            instanceID: env.string("CHAT_ROOMS_INSTANCE_ID", default: String(UUID().uuidString.lowercased().prefix(8))))
     }
 }
 
+/// Builds the room service: rooms in its database, the whole membership from the gateways' fanout (every
+/// instance keeps all of it, so any instance answers alike), requests load-balanced over the instances.
 public func buildApplication(_ configuration: RoomConfiguration, logger: Logger) async throws -> ServiceApplication {
+    var logger = logger
+    logger[metadataKey: "chat.rooms_instance"] = .string(configuration.instanceID)
     let connection = AMQPConnection(
-        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "rooms"), logger: logger)
+        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "rooms-\(configuration.instanceID)"), logger: logger)
     let database = try await openDatabase(url: configuration.databaseURL, logger: logger)
     let store = RoomStore(database: database)
+    let readiness = Readiness()
     let membership = Membership(expiry: configuration.gatewayExpiry)
-    let responder = RoomRequestResponder(connection: connection, store: store, membership: membership, logger: logger)
+    let responder = RoomRequestResponder(connection: connection, store: store, membership: membership, readiness: readiness, logger: logger)
+    let listener = MembershipListener(connection: connection, membership: membership, instanceID: configuration.instanceID, logger: logger)
     let health = makeHealthServer(service: "rooms", host: configuration.healthHost, port: configuration.healthPort,
-                                  connection: connection, logger: logger) { router in
+                                  connection: connection, readiness: readiness, logger: logger) { router in
         router.get("/stats") { _, _ -> Response in
             let snapshot = membership.snapshot()
             let rooms = snapshot.rooms.map { "\(JSONWriter.quoted($0.key)):\($0.value)" }.joined(separator: ",")
             return HealthRoutes.json(.ok, "{\"gateways\":\(snapshot.gateways),\"rooms\":{\(rooms)}}")
         }
     }
-    return ServiceApplication(services: [connection, database, responder, MembershipExpiry(membership: membership, logger: logger), health],
-                              logger: logger)
+    return ServiceApplication(services: [connection, database, listener, responder, MembershipExpiry(membership: membership, logger: logger),
+                                         health], logger: logger)
 }
 
-/// Who is in which room, per gateway. Gateways report joins and leaves and send a snapshot with every
-/// heartbeat; a gateway that stops sending heartbeats (it died) has its members forgotten after `expiry`.
-public final class Membership: Sendable {
-    struct GatewayState {
-        var lastSeen: ContinuousClock.Instant
-        var rooms: [String: Int]
-    }
-    private let state = Mutex<[String: GatewayState]>([:])
-    let expiry: Duration
+/// Keeps this instance's ``Membership`` from the gateways' fanout, on a queue of its own (exclusive: it goes
+/// with the instance). Events are applied on the connection's thread as they are read, in the order each
+/// gateway sent them.
+struct MembershipListener: Service {
+    let connection: AMQPConnection
+    let membership: Membership
+    let instanceID: String
+    let logger: Logger
 
-    public init(expiry: Duration) {
-        self.expiry = expiry
-    }
-
-    public func join(gateway: String, room: String) -> Int {
-        state.withLock { gateways in
-            gateways[gateway, default: GatewayState(lastSeen: .now, rooms: [:])].rooms[room, default: 0] += 1
-            gateways[gateway]!.lastSeen = .now
-            return Self.total(room, in: gateways)
+    func run() async throws {
+        let queue = ChatTopology.roomsInstanceQueue(instanceID)
+        try await ChatTopology.declareShared(on: connection)
+        try await connection.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
+        try await connection.bindQueue(queue, exchange: ChatTopology.membershipExchange, routingKey: "")
+        let membership = self.membership, logger = self.logger
+        let decoder = JSONDecoder()
+        let (ended, end) = AsyncStream<Void>.makeStream()
+        let consumer = connection.consume(queue: queue, prefetch: 2000, autoAck: true, finished: { end.finish() }) { batch in
+            for delivery in batch {
+                guard let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: delivery.body)) else {
+                    logger.warning("dropping a malformed membership event", metadata: ["amqp.queue": "\(queue)"])
+                    continue
+                }
+                event.apply(to: membership)
+            }
         }
-    }
-
-    public func leave(gateway: String, room: String) {
-        state.withLock { gateways in
-            guard var entry = gateways[gateway] else { return }
-            entry.lastSeen = .now
-            if let count = entry.rooms[room] { entry.rooms[room] = count > 1 ? count - 1 : nil }
-            gateways[gateway] = entry
+        await withTaskCancellationOrGracefulShutdownHandler {
+            for await _ in ended {}
+        } onCancelOrGracefulShutdown: {
+            consumer.cancel()
         }
-    }
-
-    public func heartbeat(gateway: String, rooms: [String: Int]) {
-        state.withLock { $0[gateway] = GatewayState(lastSeen: .now, rooms: rooms.filter { $0.value > 0 }) }
-    }
-
-    public func members(of room: String) -> Int {
-        state.withLock { Self.total(room, in: $0) }
-    }
-
-    /// Forgets gateways not heard from within `expiry`; returns their ids.
-    public func expire(now: ContinuousClock.Instant = .now) -> [String] {
-        state.withLock { gateways in
-            let dead = gateways.filter { now - $0.value.lastSeen > expiry }.map(\.key)
-            for id in dead { gateways[id] = nil }
-            return dead
-        }
-    }
-
-    public func snapshot() -> (gateways: Int, rooms: [String: Int]) {
-        state.withLock { gateways in
-            var rooms: [String: Int] = [:]
-            for entry in gateways.values { for (room, count) in entry.rooms { rooms[room, default: 0] += count } }
-            return (gateways.count, rooms)
-        }
-    }
-
-    static func total(_ room: String, in gateways: [String: GatewayState]) -> Int {
-        gateways.values.reduce(0) { $0 + ($1.rooms[room] ?? 0) }
     }
 }
 
@@ -129,22 +113,28 @@ final class RoomRequestResponder: Service {
     let connection: AMQPConnection
     let store: RoomStore
     let membership: Membership
+    let readiness: Readiness
     let logger: Logger
     let decoder = JSONDecoder()
     let encoder = JSONEncoder()
 
-    init(connection: AMQPConnection, store: RoomStore, membership: Membership, logger: Logger) {
+    init(connection: AMQPConnection, store: RoomStore, membership: Membership, readiness: Readiness, logger: Logger) {
         self.connection = connection
         self.store = store
         self.membership = membership
+        self.readiness = readiness
         var logger = logger
         logger[metadataKey: "amqp.queue"] = .string(ChatTopology.roomsQueue)
         self.logger = logger
     }
 
     func run() async throws {
-        try await store.migrate()
-        try await connection.declareQueue(ChatTopology.roomsQueue, durable: true)
+        do {
+            try await retryUntilDone("database", readiness: readiness, logger: logger) { try await store.migrate() }
+        } catch {
+            return  // shut down while waiting
+        }
+        try await ChatTopology.declareShared(on: connection)
         logger.info("room service consuming")
         let consumer = connection.consume(queue: ChatTopology.roomsQueue, prefetch: 256)
         // Requests are answered concurrently (up to `maxConcurrent`): a burst of joins of new rooms (each an
@@ -174,12 +164,11 @@ final class RoomRequestResponder: Service {
             return
         }
         switch request.op {
-        case .heartbeat:
-            membership.heartbeat(gateway: request.gateway, rooms: request.rooms ?? [:])
-        case .leave:
-            if let room = request.room { membership.leave(gateway: request.gateway, room: room) }
+        case .heartbeat, .leave:
+            // Membership comes from the fanout (``MembershipListener``); these are from gateways of an older release.
+            break
         case .members:
-            await reply(to: delivery, RoomReply(ok: true, room: request.room, members: request.room.map(membership.members(of:)) ?? 0))
+            await reply(to: delivery, RoomReply(ok: true, room: request.room, members: request.room.map { membership.members(of: $0) } ?? 0))
         case .consultCreate, .consultGet, .consultList, .consultRead:
             await handleConsultation(request, delivery)
         case .join:
@@ -189,16 +178,15 @@ final class RoomRequestResponder: Service {
             }
             if group.hasPrefix("consult:") {
                 // Consultation rooms exist before anyone joins; the gateway has checked the participant.
-                let members = membership.join(gateway: request.gateway, room: group)
-                await reply(to: delivery, RoomReply(ok: true, room: group, members: members))
+                await reply(to: delivery, RoomReply(ok: true, room: group, members: membership.members(of: group)))
                 return
             }
             do {
                 let name = try RoomName(validating: GroupName.displayName(of: group))
                 let (room, created) = try await store.getOrCreate(kind: "named", name: name.value)
                 if created { logger.info("room created", metadata: ["chat.room": "\(name.value)", "chat.room_id": "\(room.id)"]) }
-                let members = membership.join(gateway: request.gateway, room: group)
-                await reply(to: delivery, RoomReply(ok: true, roomID: room.id, room: name.value, created: created, members: members))
+                await reply(to: delivery, RoomReply(ok: true, roomID: room.id, room: name.value, created: created,
+                                                    members: membership.members(of: group)))
             } catch let error as ChatError {
                 await reply(to: delivery, RoomReply(ok: false, error: error.description))
             } catch {

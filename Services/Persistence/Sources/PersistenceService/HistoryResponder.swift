@@ -1,0 +1,75 @@
+import AMQPClient
+import ChatProtocol
+import ChannelLayer
+import ChatStorage
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// Answers history requests: the last N messages of a room (before a seq), as the frames sockets receive.
+final class HistoryResponder: Service {
+    let connection: AMQPConnection
+    let store: MessageStore
+    let logger: Logger
+    static let maxLimit = 200
+
+    init(connection: AMQPConnection, store: MessageStore, logger: Logger) {
+        self.connection = connection
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "amqp.queue"] = .string(ChatTopology.historyQueue)
+        self.logger = logger
+    }
+
+    func run() async throws {
+        try await ChatTopology.declareShared(on: connection)
+        let consumer = connection.consume(queue: ChatTopology.historyQueue, prefetch: 256)
+        // Answered concurrently (reads of the WAL reader connection): a burst of joins each asks for history.
+        await withTaskGroup(of: Void.self) { group in
+            var running = 0
+            for await delivery in consumer.cancelOnGracefulShutdown() {
+                if running >= Self.maxConcurrent {
+                    await group.next()
+                    running -= 1
+                }
+                group.addTask { await self.answer(delivery) }
+                running += 1
+            }
+        }
+    }
+
+    static let maxConcurrent = 16
+
+    /// Replies are not awaited: a lost reply is the requester's timeout.
+    func send(_ reply: AMQPOutgoingMessage) {
+        let logger = self.logger
+        connection.publishPipelined([reply]).onFailure { error in
+            logger.warning("reply not confirmed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func answer(_ delivery: AMQPDelivery) async {
+        defer { delivery.ack() }
+        guard let request = try? JSONDecoder().decode(HistoryRequest.self, from: Data(buffer: delivery.body)) else {
+            logger.warning("malformed history request")
+            return
+        }
+        do {
+            if let queries = request.summaries {
+                let body = try JSONEncoder().encode(try await store.summaries(queries))
+                if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)) { send(reply) }
+                return
+            }
+            let limit = max(0, min(request.limit, Self.maxLimit))
+            let messages = limit == 0 ? [] : try await store.history(group: request.group, beforeSeq: request.beforeSeq, limit: limit)
+            let body = messages.map(\.clientFrame).joined(separator: "\n")
+            var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count))]
+            if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
+            if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) { send(reply) }
+        } catch {
+            logger.error("history request failed", metadata: ["error": "\(error)", "chat.room": "\(request.group)"])
+        }
+    }
+}
+

@@ -1,0 +1,321 @@
+import AMQPClient
+import ChannelLayer
+import ChatProtocol
+import ChatStorage
+import Foundation
+import Logging
+import NIOCore
+import ServiceKit
+import ServiceLifecycle
+import Synchronization
+
+/// A delivery with the partition consumer it came from.
+struct PartitionDelivery: Sendable {
+    let partition: Int
+    /// Which acquisition of the partition it came with: deliveries of a partition released since are skipped.
+    let token: Int
+    let delivery: AMQPDelivery
+}
+
+/// Consumes the partition queues this worker owns, stores each batch in one transaction, broadcasts the
+/// stored messages to their rooms' groups, and only then acknowledges the batch. A crash anywhere before the
+/// ack makes the broker redeliver; the store is idempotent on the message id and gateways drop a seq they have
+/// already delivered, so a redelivery neither duplicates a row nor a delivery.
+///
+/// Which partitions it owns is the ``PartitionCoordinator``'s call; a partition is handed over by closing its
+/// consumer's channel (``AMQPConsumerHandle/release()``), so that what this worker held goes back to its place
+/// in the queue and the next owner cannot overtake it (docs/amqp-topology.md).
+final class MessageWriter: Service {
+    let connection: AMQPConnection
+    let store: MessageStore
+    let configuration: PersistenceConfiguration
+    let readiness: Readiness
+    let writerLock: WriterLock?
+    let logger: Logger
+    let decoder = JSONDecoder()
+    let gathered = Gathering<PartitionDelivery>()
+
+    struct Held {
+        let token: Int
+        let handle: AMQPConsumerHandle
+    }
+    struct State {
+        var held: [Int: Held] = [:]
+        var nextToken = 1
+        var stopped = false
+        var stored = 0
+        var storedByPartition: [Int: Int] = [:]
+        var deadLetters = 0
+        var batches = 0
+    }
+    private let state = Mutex(State())
+    let coordinator: PartitionCoordinator
+
+    init(connection: AMQPConnection, store: MessageStore, configuration: PersistenceConfiguration, readiness: Readiness,
+         writerLock: WriterLock?, logger: Logger) {
+        self.connection = connection
+        self.store = store
+        self.configuration = configuration
+        self.readiness = readiness
+        self.writerLock = writerLock
+        var logger = logger
+        logger[metadataKey: "amqp.queue"] = .string(ChatTopology.inboundExchange)
+        self.logger = logger
+        self.coordinator = PartitionCoordinator(connection: connection, configuration: configuration, logger: logger)
+    }
+
+    func run() async throws {
+        readiness.waiting("writer", "starting")
+        do {
+            try await retryUntilDone("database", readiness: readiness, logger: logger) { try await store.migrate() }
+            try await retryUntilDone("topology", readiness: readiness, logger: logger) {
+                try await ChatTopology.declareInbound(on: connection, partitions: configuration.partitions)
+                try await ChatTopology.declareShared(on: connection)
+                try await connection.declareQueue(ChatTopology.deadLetterQueue, durable: true)
+            }
+            if let writerLock, !writerLock.tryAcquire() {
+                logger.warning("another persistence process writes this SQLite database; standing by until it stops",
+                               metadata: ["lock": "\(writerLock.path)"])
+                readiness.waiting("writer", "standby: another process writes this SQLite database")
+                while !writerLock.tryAcquire() {
+                    guard await sleepUntilShutdown(for: .seconds(1)) else { throw CancellationError() }
+                }
+                logger.info("took over the SQLite database")
+            }
+        } catch is CancellationError {
+            return
+        }
+        readiness.ready("writer")
+        logger.info("persistence writer running", metadata: ["partitions": "\(configuration.partitions)"])
+
+        // Storing batch N+1 overlaps with waiting for batch N's broadcast confirms; acks stay in order.
+        let (acks, ackContinuation) = AsyncStream<PendingAck>.makeStream(bufferingPolicy: .unbounded)
+        async let acking: Void = acknowledge(acks)
+        async let coordinating: Void = coordinator.run { [self] mine in reconcile(mine) }
+        await withTaskCancellationOrGracefulShutdownHandler {
+            // Everything delivered while a batch is being stored makes the next batch (one transaction, one
+            // broadcast per room), so batches grow with the load instead of the transaction count.
+            while let batch = await gathered.next() {
+                if let pending = await handle(batch) { ackContinuation.yield(pending) }
+            }
+        } onCancelOrGracefulShutdown: {
+            // Hand every partition back at once (what is not acknowledged yet is requeued in place, and is
+            // stored already or not: either way idempotent), then let the loop finish what it holds.
+            self.stop()
+        }
+        ackContinuation.finish()
+        await acking
+        await coordinating
+    }
+
+    /// Stops consuming: releases every partition and ends the gathering.
+    func stop() {
+        let held = state.withLock { s -> [Int: Held] in
+            s.stopped = true
+            defer { s.held = [:] }
+            return s.held
+        }
+        for (_, partition) in held { partition.handle.release() }
+        gathered.finish()
+    }
+
+    // MARK: Partitions
+
+    /// Consumes exactly the partitions in `mine`: starts consumers for the new ones (each waits, as the queue's
+    /// single active consumer, until the previous owner has let go) and releases the others. Only enqueues
+    /// commands on the connection, so it may run on any thread, the connection's own included.
+    func reconcile(_ mine: Set<Int>) {
+        let (released, acquired) = state.withLock { s -> ([Int], [Int]) in
+            if s.stopped { return ([], []) }
+            var released: [Int] = []
+            for (partition, held) in s.held where !mine.contains(partition) {
+                held.handle.release()
+                released.append(partition)
+            }
+            for partition in released { s.held[partition] = nil }
+            var acquired: [Int] = []
+            for partition in mine.sorted() where s.held[partition] == nil {
+                let token = s.nextToken
+                s.nextToken += 1
+                let gathered = self.gathered
+                let handle = connection.consume(
+                    queue: ChatTopology.partitionQueue(partition), prefetch: UInt16(clamping: configuration.prefetch),
+                    finished: { [weak self] in Task { self?.consumerEnded(partition: partition, token: token) } }
+                ) { batch in
+                    gathered.append(batch.map { PartitionDelivery(partition: partition, token: token, delivery: $0) })
+                }
+                s.held[partition] = Held(token: token, handle: handle)
+                acquired.append(partition)
+            }
+            return (released.sorted(), acquired)
+        }
+        if !released.isEmpty || !acquired.isEmpty {
+            logger.info("partitions moved", metadata: ["partitions.released": "\(released)", "partitions.acquired": "\(acquired)",
+                                                       "partitions.owned": "\(owned)"])
+        }
+    }
+
+    /// A consumer the broker or the connection ended (not one this worker released): the next reconcile
+    /// starts it again.
+    private func consumerEnded(partition: Int, token: Int) {
+        state.withLock { s in
+            if s.held[partition]?.token == token { s.held[partition] = nil }
+        }
+    }
+
+    var owned: [Int] { state.withLock { $0.held.keys.sorted() } }
+
+    // MARK: Batches
+
+    /// A stored batch waiting for its broadcasts (and dead letters) to be confirmed before it is acknowledged.
+    struct PendingAck: Sendable {
+        let confirmation: AMQPConfirmation
+        let deliveries: [AMQPDelivery]
+    }
+
+    /// Acknowledges batches in order once their broadcasts are confirmed. A batch whose broadcast failed is
+    /// requeued (one by one, before any later multiple-ack could cover it): it is stored already, so its
+    /// redelivery is broadcast again with the same seqs.
+    func acknowledge(_ pending: AsyncStream<PendingAck>) async {
+        for await batch in pending {
+            do {
+                try await batch.confirmation.wait()
+                batch.deliveries.acknowledgeAll()
+            } catch {
+                logger.warning("broadcast not confirmed; the batch will be redelivered", metadata: ["error": "\(error)"])
+                for delivery in batch.deliveries { delivery.reject(requeue: true) }
+            }
+        }
+    }
+
+    func handle(_ batch: [PartitionDelivery]) async -> PendingAck? {
+        let live = state.withLock { s in Set(s.held.values.map(\.token)) }
+        var messages: [InboundChatMessage] = []
+        var deliveries: [AMQPDelivery] = []
+        var deadLetters: [AMQPOutgoingMessage] = []
+        var redelivered = false
+        for item in batch where live.contains(item.token) {
+            let delivery = item.delivery
+            deliveries.append(delivery)
+            redelivered = redelivered || delivery.redelivered
+            // A gateway sends the messages that arrived together as one JSON array (or a single object).
+            let data = Data(buffer: delivery.body)
+            if data.first == UInt8(ascii: "["), let many = try? decoder.decode([InboundChatMessage].self, from: data) {
+                messages += many
+            } else if let message = try? decoder.decode(InboundChatMessage.self, from: data) {
+                messages.append(message)
+            } else {
+                deadLetters.append(Self.deadLetter(body: delivery.body, reason: "undecodable message", group: nil))
+            }
+        }
+        guard !deliveries.isEmpty else { return nil }
+
+        // Only a redelivered batch can hold messages stored already; a first delivery skips that lookup.
+        guard let outcome = await storeIsolatingRefused(messages[...], checkExisting: redelivered) else { return nil }
+        for (message, reason) in outcome.refused {
+            logger.error("message refused by the database; dead-lettered",
+                         metadata: ["chat.room": "\(message.group)", "chat.message_id": "\(message.id)", "reason": "\(reason)",
+                                    "amqp.queue": "\(ChatTopology.deadLetterQueue)"])
+            let body = ByteBuffer(bytes: (try? JSONEncoder().encode(message)) ?? Data())
+            deadLetters.append(Self.deadLetter(body: body, reason: reason, group: message.group))
+        }
+        let stored = outcome.stored
+        state.withLock { s in
+            s.stored += stored.count
+            s.deadLetters += deadLetters.count
+            s.batches += 1
+            for message in stored {
+                s.storedByPartition[ChatTopology.partition(of: message.group, count: configuration.partitions), default: 0] += 1
+            }
+        }
+        if !deadLetters.isEmpty {
+            logger.warning("dead letters", metadata: ["dead_letters.batch": "\(deadLetters.count)", "dead_letters.total": "\(deadLetterCount)"])
+        }
+
+        // One broadcast per run of consecutive seqs of a room (usually one per room per batch), in seq order.
+        var runs: [(group: String, first: Int64, frames: [String])] = []
+        var openRun: [String: Int] = [:]
+        for message in stored {
+            if let index = openRun[message.group], runs[index].first + Int64(runs[index].frames.count) == message.seq {
+                runs[index].frames.append(message.clientFrame)
+            } else {
+                openRun[message.group] = runs.count
+                runs.append((message.group, message.seq, [message.clientFrame]))
+            }
+        }
+        // One AMQP message for up to 256 runs (routed to every gateway holding any of their rooms, see
+        // ``AMQPChannelLayer/groupRunsMessage(_:)``): the broker's cost follows batches, not rooms.
+        let broadcasts = stride(from: 0, to: runs.count, by: 256).map {
+            AMQPChannelLayer.groupRunsMessage(Array(runs[$0..<min($0 + 256, runs.count)]))
+        }
+        logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
+        return PendingAck(confirmation: connection.publishPipelined(broadcasts + deadLetters), deliveries: deliveries)
+    }
+
+    /// Stores `messages` in order, as one transaction when it can. When the database is there but refuses the
+    /// batch, the batch is split in halves (stored one after the other, so order holds) until the message it
+    /// refuses on its own is found; that one is returned as refused, with the reason, and gets no seq. While
+    /// the database is unreachable it retries with backoff, never moving past the batch. Nil at shutdown.
+    func storeIsolatingRefused(_ messages: ArraySlice<InboundChatMessage>, checkExisting: Bool) async
+        -> (stored: [StoredChatMessage], refused: [(InboundChatMessage, String)])?
+    {
+        if messages.isEmpty { return ([], []) }
+        var check = checkExisting
+        var delay: Duration = .milliseconds(100)
+        var refusals = 0
+        while true {
+            do {
+                return (try await store.store(Array(messages), checkExisting: check), [])
+            } catch {
+                // A conflict with a redelivery (or with the previous owner of the partition): look up and retry.
+                if !check {
+                    check = true
+                    continue
+                }
+                if await store.isReachable() {
+                    refusals += 1
+                    if messages.count > 1 {
+                        logger.warning("the database refused a batch; splitting it to find the message",
+                                       metadata: ["error": "\(error)", "batch.size": "\(messages.count)"])
+                        let middle = messages.startIndex + messages.count / 2
+                        guard let first = await storeIsolatingRefused(messages[..<middle], checkExisting: true),
+                              let second = await storeIsolatingRefused(messages[middle...], checkExisting: true) else { return nil }
+                        return (first.stored + second.stored, first.refused + second.refused)
+                    }
+                    // One message, refused three times while the database answers: it is the message.
+                    if refusals >= 3 { return ([], [(messages[messages.startIndex], Self.reason(error))]) }
+                } else {
+                    logger.error("database unavailable; retrying the batch",
+                                 metadata: ["error": "\(error)", "batch.size": "\(messages.count)", "retry.in": "\(delay)"])
+                }
+                guard await sleepUntilShutdown(for: delay) else { return nil }
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+    }
+
+    static func reason(_ error: any Error) -> String {
+        String(String(reflecting: error).prefix(500))
+    }
+
+    static func deadLetter(body: ByteBuffer, reason: String, group: String?) -> AMQPOutgoingMessage {
+        var headers: AMQPTable = [ChatTopology.reasonHeader: .string(reason)]
+        if let group { headers[ChatTopology.groupHeader] = .string(group) }
+        return AMQPOutgoingMessage(exchange: "", routingKey: ChatTopology.deadLetterQueue, body: body,
+                                   properties: AMQPProperties(persistent: true, headers: headers), mandatory: true)
+    }
+
+    var deadLetterCount: Int { state.withLock { $0.deadLetters } }
+
+    /// `/stats`: this worker, the workers it sees, the partitions it owns and what it stored.
+    func statsJSON() -> String {
+        let (owned, stored, byPartition, dead, batches) = state.withLock { s in
+            (s.held.keys.sorted(), s.stored, s.storedByPartition, s.deadLetters, s.batches)
+        }
+        let workers = coordinator.workers.map(JSONWriter.quoted).joined(separator: ",")
+        let partitions = byPartition.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
+        return "{\"worker\":\(JSONWriter.quoted(configuration.workerID)),\"workers\":[\(workers)],\"partitions\":\(configuration.partitions),"
+            + "\"owned\":[\(owned.map(String.init).joined(separator: ","))],\"stored\":\(stored),\"stored_by_partition\":{\(partitions)},"
+            + "\"dead_letters\":\(dead),\"batches\":\(batches)}"
+    }
+}

@@ -1,0 +1,79 @@
+import AMQPClient
+import ChatProtocol
+import Logging
+import NIOCore
+import ServiceKit
+import ServiceLifecycle
+import Synchronization
+
+/// Tells this worker which partitions to consume: announces the worker on `chat.persistence.workers` (a
+/// fanout) three times per lease, hears the others' announcements on its own queue, and hands the
+/// assignment of ``PartitionOwnership`` to `onChange` whenever a worker joins, leaves or expires (and on
+/// every announcement, so a consumer lost to a broker restart is started again). A worker that stops
+/// gracefully says so, and the others take its partitions at once instead of after the lease.
+final class PartitionCoordinator: Sendable {
+    let connection: AMQPConnection
+    let configuration: PersistenceConfiguration
+    let logger: Logger
+    private let ownership: Mutex<PartitionOwnership>
+    private static let leavingPrefix = "-"
+
+    init(connection: AMQPConnection, configuration: PersistenceConfiguration, logger: Logger) {
+        self.connection = connection
+        self.configuration = configuration
+        self.logger = logger
+        self.ownership = Mutex(PartitionOwnership(me: configuration.workerID, partitions: configuration.partitions,
+                                                  lease: configuration.lease))
+    }
+
+    var workers: [String] { ownership.withLock { $0.workers } }
+
+    func run(onChange: @escaping @Sendable (Set<Int>) -> Void) async {
+        let me = configuration.workerID
+        let queue = ChatTopology.workerQueue(me)
+        do {
+            try await connection.declareExchange(ChatTopology.workersExchange, type: .fanout, durable: true)
+            try await connection.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
+            try await connection.bindQueue(queue, exchange: ChatTopology.workersExchange, routingKey: "")
+        } catch {
+            logger.error("cannot declare the workers' exchange", metadata: ["error": "\(error)"])
+            return
+        }
+        let logger = self.logger
+        let consumer = connection.consume(queue: queue, prefetch: 100, autoAck: true) { [self] batch in
+            var changed = false
+            for delivery in batch {
+                let name = String(buffer: delivery.body)
+                if name.hasPrefix(Self.leavingPrefix) {
+                    let worker = String(name.dropFirst())
+                    guard worker != me else { continue }
+                    if ownership.withLock({ $0.forget(worker) }) {
+                        logger.info("worker left", metadata: ["chat.peer_worker": "\(worker)"])
+                        changed = true
+                    }
+                } else if ownership.withLock({ $0.heard(from: name) }) {
+                    if name != me { logger.info("worker joined", metadata: ["chat.peer_worker": "\(name)"]) }
+                    changed = true
+                }
+            }
+            if changed { onChange(ownership.withLock { $0.mine }) }
+        }
+        onChange(ownership.withLock { $0.mine })
+        let interval = configuration.lease / 3
+        repeat {
+            announce(me)
+            let expired = ownership.withLock { $0.expire() }
+            for worker in expired { logger.warning("worker expired; taking over its share", metadata: ["chat.peer_worker": "\(worker)"]) }
+            onChange(ownership.withLock { $0.mine })
+        } while await sleepUntilShutdown(for: interval)
+        consumer.cancel()
+        announce(Self.leavingPrefix + me)
+    }
+
+    private func announce(_ body: String) {
+        let expiration = String(Int(configuration.lease.components.seconds) * 1000)
+        connection.publishPipelined([AMQPOutgoingMessage(
+            exchange: ChatTopology.workersExchange, routingKey: "", body: ByteBuffer(string: body),
+            properties: AMQPProperties(contentType: "text/plain", expiration: expiration))])
+    }
+}

@@ -1,0 +1,91 @@
+import Synchronization
+
+/// Who is in which room, per gateway, as told by the gateways' joins, leaves and heartbeats on the
+/// membership fanout: every room service instance and every gateway keeps one, so any of them answers alike.
+/// A heartbeat replaces the gateway's whole state (it is the truth; events in between keep it current); a
+/// gateway that stops sending them (it died) is forgotten after `expiry`. Consultation rooms also keep who
+/// is online, by email.
+public final class Membership: Sendable {
+    struct GatewayState {
+        var lastSeen: ContinuousClock.Instant
+        var rooms: [String: Int] = [:]
+        /// Consultation rooms: sockets per email.
+        var online: [String: [String: Int]] = [:]
+    }
+    private let state = Mutex<[String: GatewayState]>([:])
+    public let expiry: Duration
+
+    public init(expiry: Duration) {
+        self.expiry = expiry
+    }
+
+    public func join(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
+        state.withLock { gateways in
+            var entry = gateways[gateway] ?? GatewayState(lastSeen: now)
+            entry.lastSeen = now
+            entry.rooms[room, default: 0] += 1
+            if let email { entry.online[room, default: [:]][email, default: 0] += 1 }
+            gateways[gateway] = entry
+        }
+    }
+
+    public func leave(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
+        state.withLock { gateways in
+            guard var entry = gateways[gateway] else { return }
+            entry.lastSeen = now
+            if let count = entry.rooms[room] { entry.rooms[room] = count > 1 ? count - 1 : nil }
+            if let email, let count = entry.online[room]?[email] {
+                entry.online[room]![email] = count > 1 ? count - 1 : nil
+                if entry.online[room]!.isEmpty { entry.online[room] = nil }
+            }
+            gateways[gateway] = entry
+        }
+    }
+
+    public func heartbeat(gateway: String, rooms: [String: Int], online: [String: [String: Int]] = [:], now: ContinuousClock.Instant = .now) {
+        state.withLock {
+            $0[gateway] = GatewayState(lastSeen: now, rooms: rooms.filter { $0.value > 0 },
+                                       online: online.mapValues { $0.filter { $0.value > 0 } }.filter { !$0.value.isEmpty })
+        }
+    }
+
+    /// Forgets a gateway at once (it said it stops).
+    public func forget(gateway: String) {
+        _ = state.withLock { $0.removeValue(forKey: gateway) }
+    }
+
+    /// Members of a room on every gateway (but `excluding`, whose count the caller knows better).
+    public func members(of room: String, excluding: String? = nil) -> Int {
+        state.withLock { gateways in
+            gateways.reduce(0) { $0 + ($1.key == excluding ? 0 : ($1.value.rooms[room] ?? 0)) }
+        }
+    }
+
+    /// The emails online in a consultation room (but on `excluding`), with their socket counts.
+    public func online(in room: String, excluding: String? = nil) -> [String: Int] {
+        state.withLock { gateways in
+            var out: [String: Int] = [:]
+            for (gateway, entry) in gateways where gateway != excluding {
+                for (email, count) in entry.online[room] ?? [:] { out[email, default: 0] += count }
+            }
+            return out
+        }
+    }
+
+    /// Forgets gateways not heard from within `expiry`; returns their ids.
+    public func expire(now: ContinuousClock.Instant = .now) -> [String] {
+        state.withLock { gateways in
+            let dead = gateways.filter { now - $0.value.lastSeen > expiry }.map(\.key).sorted()
+            for id in dead { gateways[id] = nil }
+            return dead
+        }
+    }
+
+    public func snapshot() -> (gateways: Int, rooms: [String: Int]) {
+        state.withLock { gateways in
+            var rooms: [String: Int] = [:]
+            for entry in gateways.values { for (room, count) in entry.rooms { rooms[room, default: 0] += count } }
+            return (gateways.count, rooms)
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import ChatProtocol
+import Foundation
+
+/// A gateway's report on the membership fanout (`chat.rooms.membership`): a socket joined or left a room, or
+/// the gateway's whole state (its heartbeat), or that it stops. JSON, one per AMQP message.
+public struct MembershipEvent: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case join, leave, heartbeat
+        /// The gateway stops (graceful shutdown): forget its members now.
+        case stop
+    }
+    public var kind: Kind
+    public var gateway: String
+    /// For join and leave.
+    public var room: String?
+    /// For join and leave of a consultation room: who.
+    public var email: String?
+    /// For heartbeats: sockets per room on that gateway.
+    public var rooms: [String: Int]?
+    /// For heartbeats: consultation rooms' sockets per email.
+    public var online: [String: [String: Int]]?
+
+    public init(kind: Kind, gateway: String, room: String? = nil, email: String? = nil, rooms: [String: Int]? = nil,
+                online: [String: [String: Int]]? = nil) {
+        self.kind = kind
+        self.gateway = gateway
+        self.room = room
+        self.email = email
+        self.rooms = rooms
+        self.online = online
+    }
+
+    public func apply(to membership: Membership) {
+        switch kind {
+        case .join: if let room { membership.join(gateway: gateway, room: room, email: email) }
+        case .leave: if let room { membership.leave(gateway: gateway, room: room, email: email) }
+        case .heartbeat: membership.heartbeat(gateway: gateway, rooms: rooms ?? [:], online: online ?? [:])
+        case .stop: membership.forget(gateway: gateway)
+        }
+    }
+}
+
+/// The presence frames sockets receive (docs/protocol.md).
+public enum PresenceFrame {
+    /// `{"type":"presence","room":R,"count":N}` on a named room's sockets.
+    public static func named(room: String, count: Int) -> String {
+        "{\"type\":\"presence\",\"room\":\(quoted(room)),\"count\":\(count)}"
+    }
+
+    /// `{"type":"presence","online":["<email>",...]}` on a consultation room's sockets (sorted).
+    public static func consult(online: [String]) -> String {
+        "{\"type\":\"presence\",\"online\":[\(online.sorted().map(quoted).joined(separator: ","))]}"
+    }
+
+    static func quoted(_ string: String) -> String { JSONWriter.quoted(string) }
+}

@@ -1,0 +1,47 @@
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// What a service still waits for before it can do its work (its database, its partitions): `/health/ready`
+/// answers 503 with these names until each is marked ready, so a load balancer or an orchestrator waits too.
+public final class Readiness: Sendable {
+    private let pending = Mutex<[String: String]>([:])
+
+    public init() {}
+
+    /// Marks `part` as not ready yet, with a reason that `/health/ready` shows.
+    public func waiting(_ part: String, _ reason: String) {
+        pending.withLock { $0[part] = reason }
+    }
+
+    public func ready(_ part: String) {
+        _ = pending.withLock { $0.removeValue(forKey: part) }
+    }
+
+    /// The parts not ready yet, with why.
+    public var waitingFor: [String: String] { pending.withLock { $0 } }
+}
+
+/// Runs `body` until it succeeds, retrying with exponential backoff (100 ms up to 5 s, logged) instead of
+/// ending the service: a service that starts before its database or broker waits for it. Marks `part` on
+/// `readiness` as waiting meanwhile. Throws only `CancellationError` (shutdown came first).
+public func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, logger: Logger,
+                                        _ body: () async throws -> T) async throws -> T {
+    var delay: Duration = .milliseconds(100)
+    var attempt = 1
+    readiness.waiting(part, "starting")
+    while true {
+        do {
+            let value = try await body()
+            readiness.ready(part)
+            if attempt > 1 { logger.info("\(part) ready", metadata: ["attempts": "\(attempt)"]) }
+            return value
+        } catch {
+            readiness.waiting(part, "\(error)")
+            logger.warning("\(part) not ready, retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)", "attempt": "\(attempt)"])
+        }
+        guard await sleepUntilShutdown(for: delay) else { throw CancellationError() }
+        delay = min(delay * 2, .seconds(5))
+        attempt += 1
+    }
+}
