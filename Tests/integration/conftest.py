@@ -46,8 +46,9 @@ def wait_http(url, timeout=30):
 
 
 def psql(url, sql):
-    out = subprocess.run(["psql", url, "-At", "-c", sql], check=True, capture_output=True, text=True).stdout
-    return [line.split("|") for line in out.strip().splitlines() if line]
+    # Fields apart by the unit separator: chat texts may hold '|'.
+    out = subprocess.run(["psql", url, "-At", "-F", "\x1f", "-c", sql], check=True, capture_output=True, text=True).stdout
+    return [line.split("\x1f") for line in out.strip().splitlines() if line]
 
 
 class Stack:

@@ -116,6 +116,44 @@ for key, title in SHAPES.items():
     lines.append(f"| {title} | {fmt(ref)}{dagger} ({fmt(ref_p99, 1, ' ms')}) | {fmt(ours)} ({fmt(our_p99, 1, ' ms')}) | {ratio} | "
                  f"{fmt(bare) if key != 'e' else 'n/a'} | {frac if key != 'e' else 'n/a'} | {p99_cmp} |")
 
+# (b) on PostgreSQL with one and with two persistence workers: the write load shared.
+def worker_shares(system):
+    """Per worker: messages stored and CPU seconds over the whole sweep (from /stats and /proc, before and after)."""
+    try:
+        before = [l.rsplit(" ", 1) for l in open(f"{results}/{system}-workers-before.txt") if l.strip()]
+        after = [l.rsplit(" ", 1) for l in open(f"{results}/{system}-workers-after.txt") if l.strip()]
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = []
+    for (b, bt), (a, at) in zip(before, after):
+        b, a = json.loads(b), json.loads(a)
+        out.append((a["worker"], a["stored"] - b["stored"], (int(at) - int(bt)) / ticks, a["owned"]))
+    return out
+
+
+scaled_rows = []
+for system, label in [("ours1w", "1 worker"), ("ours2w", "2 workers")]:
+    runs = load(system, "b")
+    if not runs:
+        continue
+    sat = [saturation(r) for r in runs]
+    shares = worker_shares(system) or []
+    total = sum(n for _, n, _, _ in shares) or 1
+    share_text = "; ".join(f"{w}: {100 * n / total:.0f}% of the messages, {cpu:.1f} CPU-s, partitions {owned}" for w, n, cpu, owned in shares)
+    scaled_rows.append(f"| {label} | {fmt(median([s['deliveriesPerSecond'] if s else None for s in sat]))} "
+                       f"({fmt(median([s['latencyP99Ms'] if s else None for s in sat]), 1, ' ms')}) | "
+                       f"{fmt(median([s['serverCPUPercent'] if s else None for s in sat]), 0, '%')} | {share_text or '—'} |")
+if scaled_rows:
+    lines += ["", "## (b) with one and with two persistence workers (PostgreSQL)", "",
+              "Ours on a private PostgreSQL 15 (fsync off, on this machine's disk), one gateway, one room service and "
+              "one or two persistence workers sharing the 8 partitions; the same sweep as (b). Server CPU includes "
+              "RabbitMQ and PostgreSQL (its backends as they were when the run started). Each worker's share is of the "
+              "messages it stored over the whole sweep, with its own CPU seconds. On 2 shared cores a second worker "
+              "is not expected to be faster: the point is that the load is shared and nothing is lost or reordered.", "",
+              "| persistence | saturation deliveries/s (p99) | server CPU at saturation | each worker's share |", "|---|---|---|---|"]
+    lines += scaled_rows
+
 lines += ["", "## Idle sockets", "",
           "Each connection is opened at 1,000 per second (after its handshake it joins its room: room service, "
           "broker binding, history), all are held, and then each sends one probe (the first probes staggered at 400 "
