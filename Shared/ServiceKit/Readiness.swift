@@ -25,14 +25,16 @@ public final class Readiness: Sendable {
 /// Runs `body` until it succeeds, retrying with exponential backoff (100 ms up to 5 s, logged) instead of
 /// ending the service: a service that starts before its database or broker waits for it. Marks `part` on
 /// `readiness` as waiting meanwhile. Throws only `CancellationError` (shutdown came first).
-public func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, logger: Logger,
-                                        _ body: () async throws -> T) async throws -> T {
+/// Each attempt gets `attemptTimeout` (nil: none, for a body that cannot be cancelled): a pooled database client
+/// waits for a connection rather than failing, and that wait must show up as an attempt that did not succeed.
+public func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, logger: Logger, attemptTimeout: Duration? = .seconds(5),
+                                        _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     var delay: Duration = .milliseconds(100)
     var attempt = 1
     readiness.waiting(part, "starting")
     while true {
         do {
-            let value = try await body()
+            let value = if let attemptTimeout { try await withTimeout(attemptTimeout, body) } else { try await body() }
             readiness.ready(part)
             if attempt > 1 { logger.info("\(part) ready", metadata: ["attempts": "\(attempt)"]) }
             return value
@@ -43,5 +45,25 @@ public func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, lo
         guard await sleepUntilShutdown(for: delay) else { throw CancellationError() }
         delay = min(delay * 2, .seconds(5))
         attempt += 1
+    }
+}
+
+/// An attempt that took longer than it may.
+public struct TimedOut: Error, CustomStringConvertible {
+    public let after: Duration
+    public var description: String { "no answer within \(after)" }
+}
+
+/// Runs `body`, cancelling it and throwing ``TimedOut`` if it takes longer than `limit`.
+public func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TimedOut(after: limit) }
+        return value
     }
 }

@@ -67,9 +67,11 @@ final class MessageWriter: Service {
     func run() async throws {
         readiness.waiting("writer", "starting")
         do {
+            let store = self.store, connection = self.connection, partitions = configuration.partitions
             try await retryUntilDone("database", readiness: readiness, logger: logger) { try await store.migrate() }
-            try await retryUntilDone("topology", readiness: readiness, logger: logger) {
-                try await ChatTopology.declareInbound(on: connection, partitions: configuration.partitions)
+            // AMQP operations wait for the connection (which retries by itself), so no timeout here.
+            try await retryUntilDone("topology", readiness: readiness, logger: logger, attemptTimeout: nil) {
+                try await ChatTopology.declareInbound(on: connection, partitions: partitions)
                 try await ChatTopology.declareShared(on: connection)
                 try await connection.declareQueue(ChatTopology.deadLetterQueue, durable: true)
             }

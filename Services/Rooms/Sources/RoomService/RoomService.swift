@@ -130,6 +130,7 @@ final class RoomRequestResponder: Service {
 
     func run() async throws {
         do {
+            let store = self.store
             try await retryUntilDone("database", readiness: readiness, logger: logger) { try await store.migrate() }
         } catch {
             return  // shut down while waiting
