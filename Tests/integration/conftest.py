@@ -203,10 +203,7 @@ class ScaledStack(Stack):
     def start(self):
         waits = []
         for i in range(self.counts["persistence"]):
-            port = self.ports.setdefault(f"persistence{i}", free_port())
-            self._spawn(f"persistence{i}", "Persistence", {"CHAT_DATABASE_URL": self.messages_db, "CHAT_HEALTH_PORT": str(port),
-                                                          "CHAT_PERSIST_WORKER_ID": f"w{i}"})
-            waits.append(port)
+            waits.append(self._spawn_persistence(i))
         for i in range(self.counts["rooms"]):
             port = self.ports.setdefault(f"rooms{i}", free_port())
             self._spawn(f"rooms{i}", "Rooms", {"CHAT_DATABASE_URL": self.rooms_db, "CHAT_HEALTH_PORT": str(port),
@@ -232,11 +229,14 @@ class ScaledStack(Stack):
                                                stdout=open(self.dir / "nginx.log", "ab"), stderr=subprocess.STDOUT)
         wait_http(f"http://127.0.0.1:{self.nginx_port}/health", timeout=20)
 
-    def restart_persistence(self, i):
-        port = self.ports[f"persistence{i}"]
+    def _spawn_persistence(self, i):
+        port = self.ports.setdefault(f"persistence{i}", free_port())
         self._spawn(f"persistence{i}", "Persistence", {"CHAT_DATABASE_URL": self.messages_db, "CHAT_HEALTH_PORT": str(port),
                                                       "CHAT_PERSIST_WORKER_ID": f"w{i}"})
-        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=60)
+        return port
+
+    def restart_persistence(self, i):
+        wait_http(f"http://127.0.0.1:{self._spawn_persistence(i)}/health/ready", timeout=60)
 
     def start_persistence(self):
         self.restart_persistence(0)
@@ -298,35 +298,26 @@ class Client:
     async def send(self, text):
         await self.ws.send(json.dumps({"message": text}))
 
+    async def _read(self, until, timeout):
+        """Reads frames, presence frames into `self.presence` and chat frames into `self._pending`, until
+        `until()` holds."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic())))
+            (self.presence if frame.get("type") == "presence" else self._pending).append(frame)
+
     async def recv(self, timeout=10):
         """The next frame that is not a presence frame (those go to `self.presence`)."""
-        if self._pending:
-            frame = self._pending.pop(0)
-            self.frames.append(frame)
-            return frame
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = json.loads(await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic())))
-            if frame.get("type") == "presence":
-                self.presence.append(frame)
-                continue
-            self.frames.append(frame)
-            return frame
+        await self._read(lambda: self._pending, timeout)
+        frame = self._pending.pop(0)
+        self.frames.append(frame)
+        return frame
 
     async def presence_until(self, predicate, timeout=10):
         """Reads frames until a presence frame satisfies `predicate`; returns it (chat frames are kept)."""
-        for frame in self.presence:
-            if predicate(frame):
-                return frame
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = json.loads(await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic())))
-            if frame.get("type") == "presence":
-                self.presence.append(frame)
-                if predicate(frame):
-                    return frame
-            else:
-                self._pending.append(frame)
+        found = lambda: next((f for f in self.presence if predicate(f)), None)
+        await self._read(found, timeout)
+        return found()
 
     async def recv_messages(self, count, timeout=20):
         """Receives `count` chat messages (error frames are kept apart and fail the caller)."""

@@ -106,6 +106,8 @@ final class GatewayBackend: Service {
                                             online: localOnline.withLock { $0 })
             try? await publishMembership(heartbeat)
         } while await sleepUntilShutdown(for: configuration.heartbeatInterval)
+        // Its sockets are closed by now (the server stops first): the others forget this gateway at once.
+        try? await publishMembership(MembershipEvent(kind: .stop, gateway: configuration.gatewayID))
     }
 
     /// Publishes a membership event to the fanout: every room service instance and every gateway gets it.

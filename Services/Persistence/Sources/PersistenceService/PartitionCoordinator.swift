@@ -31,13 +31,16 @@ final class PartitionCoordinator: Sendable {
     func run(onChange: @escaping @Sendable (Set<Int>) -> Void) async {
         let me = configuration.workerID
         let queue = ChatTopology.workerQueue(me)
-        do {
-            try await connection.declareExchange(ChatTopology.workersExchange, type: .fanout, durable: true)
-            try await connection.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
-            try await connection.bindQueue(queue, exchange: ChatTopology.workersExchange, routingKey: "")
-        } catch {
-            logger.error("cannot declare the workers' exchange", metadata: ["error": "\(error)"])
-            return
+        while true {
+            do {
+                try await connection.declareExchange(ChatTopology.workersExchange, type: .fanout, durable: true)
+                try await connection.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
+                try await connection.bindQueue(queue, exchange: ChatTopology.workersExchange, routingKey: "")
+                break
+            } catch {
+                logger.error("cannot declare the workers' exchange; retrying", metadata: ["error": "\(error)"])
+                guard await sleepUntilShutdown(for: .seconds(1)) else { return }
+            }
         }
         let logger = self.logger
         let consumer = connection.consume(queue: queue, prefetch: 100, autoAck: true) { [self] batch in
