@@ -104,16 +104,18 @@ final class GatewayBackend: Service {
         repeat {
             let heartbeat = MembershipEvent(kind: .heartbeat, gateway: configuration.gatewayID, rooms: layer.registry.memberCounts(),
                                             online: localOnline.withLock { $0 })
-            try? await publishMembership(heartbeat)
+            publishMembership(heartbeat)
         } while await sleepUntilShutdown(for: configuration.heartbeatInterval)
         // Its sockets are closed by now (the server stops first): the others forget this gateway at once.
-        try? await publishMembership(MembershipEvent(kind: .stop, gateway: configuration.gatewayID))
+        publishMembership(MembershipEvent(kind: .stop, gateway: configuration.gatewayID))
     }
 
-    /// Publishes a membership event to the fanout: every room service instance and every gateway gets it.
-    func publishMembership(_ event: MembershipEvent) async throws {
-        try await connection.publish(AMQPOutgoingMessage(exchange: ChatTopology.membershipExchange, routingKey: "",
-                                                         body: ByteBuffer(bytes: try encoder.encode(event))))
+    /// Publishes a membership event to the fanout: every room service instance and every gateway gets it. Not
+    /// awaited (a socket's join need not wait a broker round trip for it): publishes leave in the order they are
+    /// made, and a lost event is mended by the next heartbeat.
+    func publishMembership(_ event: MembershipEvent) {
+        guard let body = try? encoder.encode(event) else { return }
+        connection.publishPipelined([AMQPOutgoingMessage(exchange: ChatTopology.membershipExchange, routingKey: "", body: ByteBuffer(bytes: body))])
     }
 
     /// The presence frame of a room as this gateway sees it now: its own sockets and the other gateways'.
@@ -151,7 +153,7 @@ final class GatewayBackend: Service {
         let decoded = try decoder.decode(RoomReply.self, from: Data(buffer: reply.body))
         if decoded.ok {
             if let email { localOnline.withLock { $0[group, default: [:]][email, default: 0] += 1 } }
-            try? await publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group, email: email))
+            publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group, email: email))
         }
         return decoded
     }
@@ -164,7 +166,7 @@ final class GatewayBackend: Service {
                 if online[group]!.isEmpty { online[group] = nil }
             }
         }
-        try? await publishMembership(MembershipEvent(kind: .leave, gateway: configuration.gatewayID, room: group, email: email))
+        publishMembership(MembershipEvent(kind: .leave, gateway: configuration.gatewayID, room: group, email: email))
     }
 
     /// Stored frames of a room, oldest first, with the seq of the first.
