@@ -105,6 +105,8 @@ final class ChatSocketHandler: ChannelInboundHandler {
     private var fillingGap = false
     /// Messages written while the socket was not writable (the client is not reading).
     private var writtenWhileBlocked = 0
+    /// The last presence frame written: the notifier's next one is skipped when it says the same.
+    private var lastPresence: ByteBuffer?
     private var closeSent = false
 
     init(services: SocketServices, endpoint: SocketEndpoint, head: HTTPRequestHead) {
@@ -242,7 +244,9 @@ final class ChatSocketHandler: ChannelInboundHandler {
             if let first = history.firstSeq { lastSeq = first + Int64(history.frames.count) - 1 }
             if historyFailed { sendError("history unavailable") }
             // Who is here, at once; later changes come from the ``PresenceNotifier`` at most once a second.
-            write(ByteBuffer(string: services.backend.presenceFrame(session.group)))
+            let presence = ByteBuffer(string: services.backend.presenceFrame(session.group))
+            lastPresence = presence
+            write(presence)
             phase = .live
             let held = self.held, early = self.early
             self.held = []
@@ -271,6 +275,9 @@ final class ChatSocketHandler: ChannelInboundHandler {
                     break
                 }
                 lastSeq = seq
+            } else if message.body.readableBytesView.starts(with: Self.presencePrefix) {
+                if message.body == lastPresence { continue }
+                lastPresence = message.body
             }
             write(message.body)
         }
@@ -283,6 +290,8 @@ final class ChatSocketHandler: ChannelInboundHandler {
             }
         }
     }
+
+    static let presencePrefix = Array(#"{"type":"presence""#.utf8)
 
     private func hold(_ messages: some Collection<ChannelMessage>) {
         held.append(contentsOf: messages)
