@@ -478,6 +478,7 @@ def test_a_postgresql_outage_mid_stream_is_waited_out_with_order_kept():
 
         run(scenario())
         logs = "".join((stack.dir / f"persistence{i}.log").read_text() for i in range(2))
-        assert "database unavailable; retrying the batch" in logs  # the outage did hit batches in flight
+        # The outage was seen: a batch retried, or one waiting in the pool while it reconnected.
+        assert "database unavailable; retrying the batch" in logs or "Connection creation failed" in logs
     finally:
         stack.stop()
