@@ -67,3 +67,60 @@ public func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Senda
         return value
     }
 }
+
+/// Runs `body` and returns its result, or throws ``TimedOut`` once `limit` has passed, whichever is first. Unlike
+/// ``withTimeout(_:_:)`` it does not wait for `body` to end: a call stuck on a connection that will never answer
+/// is cancelled and left behind, so the caller can retry on another. Only for work that is safe to repeat while
+/// the abandoned attempt may still complete (idempotent writes).
+public func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    let outcome = DeadlineOutcome<T>()
+    return try await withCheckedThrowingContinuation { continuation in
+        outcome.set(continuation)
+        let work = Task {
+            do { outcome.resume(.success(try await body())) } catch { outcome.resume(.failure(error)) }
+        }
+        let timer = Task {
+            try await Task.sleep(for: limit)
+            if outcome.resume(.failure(TimedOut(after: limit))) { work.cancel() }
+        }
+        outcome.onResume { timer.cancel() }
+    }
+}
+
+/// The first of the body's result and the deadline, delivered once.
+private final class DeadlineOutcome<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<T, any Error>?
+        var result: Result<T, any Error>?
+        var onResume: (@Sendable () -> Void)?
+    }
+    private let state = Mutex(State())
+
+    func set(_ continuation: CheckedContinuation<T, any Error>) {
+        state.withLock { $0.continuation = continuation }
+    }
+
+    func onResume(_ callback: @escaping @Sendable () -> Void) {
+        let done = state.withLock { s -> Bool in
+            if s.result != nil { return true }
+            s.onResume = callback
+            return false
+        }
+        if done { callback() }
+    }
+
+    /// Resumes the caller with `result` unless it was resumed already; returns whether this call did it.
+    @discardableResult
+    func resume(_ result: Result<T, any Error>) -> Bool {
+        let (continuation, callback) = state.withLock { s -> (CheckedContinuation<T, any Error>?, (@Sendable () -> Void)?) in
+            guard s.result == nil else { return (nil, nil) }
+            s.result = result
+            defer { s.continuation = nil; s.onResume = nil }
+            return (s.continuation, s.onResume)
+        }
+        guard let continuation else { return false }
+        continuation.resume(with: result)
+        callback?()
+        return true
+    }
+}

@@ -72,13 +72,13 @@ async def room_load(stack, rooms, per_room, messages, pace=0.005, urls=None, dur
     return names, clients, sent
 
 
-async def drain(client, expected, timeout=60):
-    """Chat frames until `expected` have come or the socket is quiet for 3 s after the deadline."""
+async def drain(client, expected, timeout=60, quiet=3):
+    """Chat frames until `expected` have come, the deadline passes, or the socket is quiet for `quiet` s."""
     frames = []
     deadline = time.monotonic() + timeout
     while len(frames) < expected and time.monotonic() < deadline:
         try:
-            frame = await client.recv(timeout=max(0.5, min(3, deadline - time.monotonic())))
+            frame = await client.recv(timeout=max(0.5, min(quiet, deadline - time.monotonic())))
         except Exception:
             break
         assert "error" not in frame, frame
@@ -468,7 +468,10 @@ def test_a_postgresql_outage_mid_stream_is_waited_out_with_order_kept():
 
             names, clients, sent = await room_load(stack, rooms=4, per_room=4, messages=50, pace=0.03,
                                                    urls=lambda name, i: stack.ws_url(name, gateway=i % 2), during=outage)
-            received = await asyncio.gather(*[asyncio.gather(*[drain(c, len(sent[n]), timeout=90) for c in clients[n]]) for n in names])
+            started = time.monotonic()
+            received = await asyncio.gather(*[asyncio.gather(*[drain(c, len(sent[n]), timeout=90, quiet=60) for c in clients[n]])
+                                              for n in names])
+            print(f"\nevery message delivered {time.monotonic() - started:.1f} s after the last was sent (PostgreSQL down 2 s)")
             for name, receivers in zip(names, received):
                 assert len(sent[name]) == 200
                 check_room(stack, name, receivers, sent[name])
@@ -479,6 +482,7 @@ def test_a_postgresql_outage_mid_stream_is_waited_out_with_order_kept():
         run(scenario())
         logs = "".join((stack.dir / f"persistence{i}.log").read_text() for i in range(2))
         # The outage was seen: a batch retried, or one waiting in the pool while it reconnected.
-        assert "database unavailable; retrying the batch" in logs or "Connection creation failed" in logs
+        assert any(line in logs for line in ["database unavailable; retrying the batch", "Connection creation failed",
+                                             "the database did not answer a batch in time"])
     finally:
         stack.stop()

@@ -265,16 +265,24 @@ final class MessageWriter: Service {
         var check = checkExisting
         var delay: Duration = .milliseconds(100)
         var refusals = 0
+        let store = self.store, batch = Array(messages)
         while true {
             do {
-                return (try await store.store(Array(messages), checkExisting: check), [])
+                // Bounded: a statement caught on a connection the database dropped may never return (seen with a
+                // fast PostgreSQL stop); the retry runs on another connection and the store is idempotent.
+                let attemptCheck = check
+                return (try await withDeadline(Self.attemptLimit) { try await store.store(batch, checkExisting: attemptCheck) }, [])
             } catch {
+                if error is TimedOut {
+                    logger.warning("the database did not answer a batch in time; retrying it",
+                                   metadata: ["batch.size": "\(messages.count)", "timeout": "\(Self.attemptLimit)"])
+                }
                 // A conflict with a redelivery (or with the previous owner of the partition): look up and retry.
                 if !check {
                     check = true
                     continue
                 }
-                if await store.isReachable() {
+                if (try? await withDeadline(Self.attemptLimit, { await store.isReachable() })) == true {
                     refusals += 1
                     if messages.count > 1 {
                         logger.warning("the database refused a batch; splitting it to find the message",
@@ -295,6 +303,9 @@ final class MessageWriter: Service {
             }
         }
     }
+
+    /// How long one attempt to store a batch may take before it counts as failed.
+    static let attemptLimit: Duration = .seconds(10)
 
     static func reason(_ error: any Error) -> String {
         String(String(reflecting: error).prefix(500))
