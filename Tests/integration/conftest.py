@@ -155,40 +155,11 @@ NGINX = "/usr/sbin/nginx"
 
 
 def write_nginx_conf(directory, listen_port, gateway_ports):
-    """nginx in front of the gateways: HTTP and the WebSocket upgrade, round robin (the deployment's shape)."""
-    directory = Path(directory)
-    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"]:
-        (directory / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in gateway_ports)
-    conf = directory / "nginx.conf"
-    conf.write_text(f"""worker_processes 1;
-worker_rlimit_nofile 8192;
-error_log {directory}/nginx-error.log warn;
-pid {directory}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {directory}/tmp/body; proxy_temp_path {directory}/tmp/proxy;
-  fastcgi_temp_path {directory}/tmp/fastcgi; uwsgi_temp_path {directory}/tmp/uwsgi; scgi_temp_path {directory}/tmp/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  upstream gateways {{
-{servers}
-  }}
-  server {{
-    listen 127.0.0.1:{listen_port};
-    location / {{
-      proxy_pass http://gateways;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $http_host;
-      proxy_read_timeout 3600s;
-      proxy_next_upstream error timeout http_502;
-    }}
-  }}
-}}
-""")
-    return conf
+    """nginx in front of the gateways, configured as ./scripts/run does it (scripts/lib/common.sh)."""
+    common = Path(__file__).resolve().parents[2] / "scripts" / "lib" / "common.sh"
+    subprocess.run(["bash", "-c", f'source "{common}" && write_nginx_conf "$@"', "_", str(directory), "127.0.0.1",
+                    str(listen_port), *map(str, gateway_ports)], check=True)
+    return Path(directory) / "nginx.conf"
 
 
 class ScaledStack(Stack):

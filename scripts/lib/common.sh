@@ -101,11 +101,11 @@ stop_postgres() {
   return 0
 }
 
-# start_nginx DIR HOST PORT GATEWAY_PORT...: Debian's nginx in front of the gateways on HOST:PORT (HTTP and the
-# WebSocket upgrade, round robin, a dead gateway skipped). Its files stay under DIR.
-start_nginx() {
+# write_nginx_conf DIR HOST PORT GATEWAY_PORT...: the nginx configuration in front of the gateways (HTTP and the
+# WebSocket upgrade, round robin, a dead gateway skipped), written to DIR/nginx.conf with every file nginx writes
+# under DIR. The tests use it too.
+write_nginx_conf() {
   local dir="$1" host="$2" port="$3"; shift 3
-  apt_install nginx-light
   mkdir -p "$dir/tmp/body" "$dir/tmp/proxy" "$dir/tmp/fastcgi" "$dir/tmp/uwsgi" "$dir/tmp/scgi"
   local servers="" p
   for p in "$@"; do servers+="    server 127.0.0.1:$p max_fails=1 fail_timeout=2s;"$'\n'; done
@@ -136,6 +136,13 @@ $servers  }
   }
 }
 CONF
+}
+
+# start_nginx DIR HOST PORT GATEWAY_PORT...: Debian's nginx with that configuration, in the background. Sets NGINX_PID.
+start_nginx() {
+  local dir="$1" host="$2" port="$3"; shift 3
+  apt_install nginx-light
+  write_nginx_conf "$dir" "$host" "$port" "$@"
   /usr/sbin/nginx -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' > "$dir/stdout.log" 2>&1 &
   NGINX_PID=$!
   log "nginx on $host:$port in front of gateways on ports $*"

@@ -196,6 +196,8 @@ final class MessageWriter: Service {
         var deliveries: [AMQPDelivery] = []
         var deadLetters: [AMQPOutgoingMessage] = []
         var redelivered = false
+        // Messages per partition (a delivery's messages are all of its partition's rooms), less the refused below.
+        var storedByPartition: [Int: Int] = [:]
         for item in batch where live.contains(item.token) {
             let delivery = item.delivery
             deliveries.append(delivery)
@@ -204,8 +206,10 @@ final class MessageWriter: Service {
             let data = Data(buffer: delivery.body)
             if data.first == UInt8(ascii: "["), let many = try? decoder.decode([InboundChatMessage].self, from: data) {
                 messages += many
+                storedByPartition[item.partition, default: 0] += many.count
             } else if let message = try? decoder.decode(InboundChatMessage.self, from: data) {
                 messages.append(message)
+                storedByPartition[item.partition, default: 0] += 1
             } else {
                 deadLetters.append(Self.deadLetter(body: delivery.body, reason: "undecodable message", group: nil))
             }
@@ -220,15 +224,14 @@ final class MessageWriter: Service {
                                     "amqp.queue": "\(ChatTopology.deadLetterQueue)"])
             let body = ByteBuffer(bytes: (try? JSONEncoder().encode(message)) ?? Data())
             deadLetters.append(Self.deadLetter(body: body, reason: reason, group: message.group))
+            storedByPartition[ChatTopology.partition(of: message.group, count: configuration.partitions), default: 0] -= 1
         }
         let stored = outcome.stored
         state.withLock { s in
             s.stored += stored.count
             s.deadLetters += deadLetters.count
             s.batches += 1
-            for message in stored {
-                s.storedByPartition[ChatTopology.partition(of: message.group, count: configuration.partitions), default: 0] += 1
-            }
+            s.storedByPartition.merge(storedByPartition, uniquingKeysWith: +)
         }
         if !deadLetters.isEmpty {
             logger.warning("dead letters", metadata: ["dead_letters.batch": "\(deadLetters.count)", "dead_letters.total": "\(deadLetterCount)"])
