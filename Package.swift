@@ -25,6 +25,9 @@ let package = Package(
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // MARK: Shared modules
@@ -38,6 +41,7 @@ let package = Package(
             name: "AMQPClient",
             dependencies: [
                 "CRabbitMQ",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -55,6 +59,7 @@ let package = Package(
             name: "ChannelLayer",
             dependencies: [
                 "AMQPClient", "ChatProtocol",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -84,8 +89,11 @@ let package = Package(
             name: "ServiceKit",
             dependencies: [
                 "AMQPClient", "ChatProtocol",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Shared/ServiceKit",
@@ -97,6 +105,7 @@ let package = Package(
             name: "GatewayService",
             dependencies: [
                 "AMQPClient", "ChannelLayer", "ChatProtocol", "Presence", "ServiceKit",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -118,6 +127,7 @@ let package = Package(
             name: "PersistenceService",
             dependencies: [
                 "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "ServiceKit",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Services/Persistence/Sources/PersistenceService",
@@ -133,6 +143,7 @@ let package = Package(
             name: "RoomService",
             dependencies: [
                 "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "Presence", "ServiceKit",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Services/Rooms/Sources/RoomService",

@@ -91,7 +91,7 @@ final class AMQPWorker: @unchecked Sendable {
         do {
             try connect()
             reconnectDelay = .milliseconds(100)
-            owner.connects.add(1, ordering: .relaxed)
+            if owner.connects.add(1, ordering: .relaxed).newValue > 1 { AMQPMetrics.reconnects.increment() }
             owner.connected.store(true, ordering: .releasing)
             let waiters = owner.shared.withLock { state -> [CheckedContinuation<Void, Never>] in
                 defer { state.connectWaiters.removeAll() }
@@ -109,6 +109,7 @@ final class AMQPWorker: @unchecked Sendable {
 
     private func handleDisconnect(_ error: any Error) {
         logger.warning("AMQP connection lost", metadata: ["error": "\(error)"])
+        AMQPMetrics.connectionsLost.increment()
         owner.connected.store(false, ordering: .releasing)
         destroyConnection()
         failPendingConfirms(AMQPError.connectionLost)
@@ -436,11 +437,13 @@ final class AMQPWorker: @unchecked Sendable {
                 throw .connection("basic.publish: \(String(cString: amqp_error_string2(status)))")
             }
         }
+        AMQPMetrics.publishes.increment(by: messages.count)
     }
 
     private func confirm(tag: UInt64, multiple: Bool, ok: Bool) {
         func settle(_ tag: UInt64) {
             guard let batch = pendingConfirms.removeValue(forKey: tag) else { return }
+            (ok ? AMQPMetrics.confirms : AMQPMetrics.nacks).increment()
             if !ok {
                 batch.failure = batch.failure ?? .nacked
             } else if returnedTags.remove(tag) != nil {
@@ -524,6 +527,8 @@ final class AMQPWorker: @unchecked Sendable {
                 redelivered: deliver.redelivered != 0, deliveryTag: deliver.delivery_tag, channel: frame.channel,
                 channelEpoch: channelEpochs[frame.channel] ?? 0, connection: owner)
             readyDeliveries[record.id, default: []].append(delivery)
+            AMQPMetrics.deliveries.increment()
+            if delivery.redelivered { AMQPMetrics.redeliveries.increment() }
         case CHAT_BASIC_ACK:
             let ack = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
             confirm(tag: ack.delivery_tag, multiple: ack.multiple != 0, ok: true)
@@ -537,6 +542,7 @@ final class AMQPWorker: @unchecked Sendable {
             let (properties, _) = try readContent(channel: frame.channel)
             if let tag = properties.headers[Self.publishTagHeader]?.intValue {
                 returnedTags.insert(UInt64(tag))
+                AMQPMetrics.returns.increment()
                 pendingConfirms[UInt64(tag)]?.returnedError = .unroutable(exchange: exchange, routingKey: routingKey)
             }
         case CHAT_BASIC_CANCEL:

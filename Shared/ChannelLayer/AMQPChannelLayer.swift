@@ -71,8 +71,9 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
             return
         }
         let headers = delivery.properties.headers
+        let receivedAt = headers[ChatTopology.receivedAtHeader]?.intValue
         if let runs = headers[ChatTopology.runsHeader]?.stringValue {
-            routeRuns(runs, body: delivery.body)
+            routeRuns(runs, body: delivery.body, receivedAt: receivedAt)
         } else if let group = headers[ChatTopology.groupHeader]?.stringValue {
             let seq = headers[ChatTopology.seqHeader]?.intValue
             if headers[ChatTopology.countHeader] != nil, let first = seq {
@@ -80,9 +81,10 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
                 let messages = FrameBatch.split(delivery.body).enumerated().map { offset, frame in
                     ChannelMessage(body: frame, group: group, seq: first + Int64(offset))
                 }
-                registry.dispatch(messages, to: group)
+                registry.dispatch(messages, to: group, delivered: ChannelMetrics.recorder(messages: messages.count, receivedAt: receivedAt))
             } else {
-                registry.dispatch(ChannelMessage(body: delivery.body, group: group, seq: seq), to: group)
+                registry.dispatch([ChannelMessage(body: delivery.body, group: group, seq: seq)], to: group,
+                                  delivered: ChannelMetrics.recorder(messages: 1, receivedAt: receivedAt))
             }
         } else if let local = headers[ChatTopology.channelHeader]?.intValue {
             _ = registry.deliver(ChannelMessage(body: delivery.body), toLocalID: Int(local))
@@ -93,7 +95,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
 
     /// A multi-room broadcast: each run goes to its group's local members (rooms this process does not hold
     /// are skipped: the message reached this queue through another room's key).
-    func routeRuns(_ runs: String, body: ByteBuffer) {
+    func routeRuns(_ runs: String, body: ByteBuffer, receivedAt: Int64?) {
         let frames = FrameBatch.split(body)
         var offset = 0
         for line in runs.split(separator: "\n") {
@@ -110,7 +112,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
                 for index in 0..<count {
                     messages.append(ChannelMessage(body: frames[offset + index], group: group, seq: first + Int64(index)))
                 }
-                registry.dispatch(messages, to: group)
+                registry.dispatch(messages, to: group, delivered: ChannelMetrics.recorder(messages: count, receivedAt: receivedAt))
             }
             offset += count
         }
@@ -158,7 +160,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     /// One AMQP message carrying runs of stored messages of many groups: routed with the first group's key and
     /// the others in `CC`, so each gateway queue bound to any of them gets it once. Runs are
     /// `(group, first seq, frames)`, in the order their frames appear in the body.
-    public static func groupRunsMessage(_ runs: [(group: String, first: Int64, frames: [String])]) -> AMQPOutgoingMessage {
+    public static func groupRunsMessage(_ runs: [(group: String, first: Int64, frames: [String])], receivedAt: Int64? = nil) -> AMQPOutgoingMessage {
         var description = ""
         var keys: [String] = []
         var seenKeys = Set<String>()
@@ -171,6 +173,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         }
         var headers: AMQPTable = [ChatTopology.runsHeader: .string(description)]
         if keys.count > 1 { headers[ChatTopology.ccHeader] = .strings(Array(keys.dropFirst())) }
+        if let receivedAt { headers[ChatTopology.receivedAtHeader] = .int(receivedAt) }
         return AMQPOutgoingMessage(
             exchange: ChatTopology.groupsExchange, routingKey: keys.first ?? "", body: ByteBuffer(string: FrameBatch.join(frames)),
             properties: AMQPProperties(headers: headers))

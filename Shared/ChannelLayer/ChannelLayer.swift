@@ -193,8 +193,10 @@ public final class GroupRegistry: Sendable {
 
     /// Delivers messages (in order) to every local member of `group`. Members bound to an event loop get
     /// them in one task per loop, so a broadcast to a room of 1,000 sockets costs one hop per loop.
+    /// `delivered` is called with each set of members once they have the messages (on their loop).
     @discardableResult
-    public func dispatch(_ messages: [ChannelMessage], to group: String) -> Int {
+    public func dispatch(_ messages: [ChannelMessage], to group: String,
+                         delivered: (@Sendable (_ members: Int) -> Void)? = nil) -> Int {
         guard let members = state.withLock({ $0.members[group] }), !messages.isEmpty else { return 0 }
         var byLoop: [ObjectIdentifier: (loop: any EventLoop, members: [any GroupMember])] = [:]
         for member in members.values {
@@ -202,12 +204,14 @@ public final class GroupRegistry: Sendable {
                 byLoop[ObjectIdentifier(loop), default: (loop, [])].members.append(member)
             } else {
                 member.deliver(messages)
+                delivered?(1)
             }
         }
         for (_, bucket) in byLoop {
             let members = bucket.members
             bucket.loop.execute {
                 for member in members { member.deliver(messages) }
+                delivered?(members.count)
             }
         }
         return members.count

@@ -50,6 +50,9 @@ public enum ChatTopology {
     public static let runsHeader = "x-runs"
     /// RabbitMQ's sender-selected distribution: extra routing keys, each queue gets the message once.
     public static let ccHeader = "CC"
+    /// On a broadcast: when the gateway received its earliest message (milliseconds since 1970), for the
+    /// gateways' delivery latency.
+    public static let receivedAtHeader = "x-received-at"
 
     /// Exclusive, auto-deleted queue of one gateway process: group broadcasts, direct sends and replies.
     public static func gatewayQueue(_ gatewayID: String) -> String { "chat.gateway." + gatewayID }

@@ -3,6 +3,7 @@ import ChatProtocol
 import Foundation
 import Hummingbird
 import Logging
+import Synchronization
 
 /// Reads configuration from environment variables; every service reads its whole configuration in one
 /// place (its `Configuration.fromEnvironment()`), with the defaults documented in README.md.
@@ -32,6 +33,16 @@ public struct EnvironmentReader: Sendable {
         return value
     }
 
+    /// One of a fixed set of values (an enum's raw values): a value outside it is refused at start.
+    public func choice<Value: RawRepresentable & CaseIterable>(_ key: String, default fallback: Value) throws(ConfigurationError) -> Value
+    where Value.RawValue == String {
+        guard let raw = values[key], !raw.isEmpty else { return fallback }
+        guard let value = Value(rawValue: raw.lowercased()) else {
+            throw ConfigurationError.invalid(key, raw, Value.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        return value
+    }
+
     public func bool(_ key: String, default fallback: Bool) -> Bool {
         guard let value = values[key]?.lowercased() else { return fallback }
         return ["1", "true", "yes", "on"].contains(value)
@@ -50,11 +61,37 @@ public enum ConfigurationError: Error, CustomStringConvertible {
 }
 
 public enum ServiceLogging {
-    /// A logger whose level comes from `CHAT_LOG_LEVEL` (default `info`).
+    /// A service process's logger: the first call sets up the process's logging (`CHAT_LOG_FORMAT`, `text` or
+    /// `json`) and its metrics (``Observability/bootstrap()``); the level comes from `CHAT_LOG_LEVEL` (default
+    /// `info`). A malformed value of either stops the process with one line saying so.
     public static func logger(label: String, environment: EnvironmentReader = .init()) -> Logger {
+        let level: Logger.Level
+        let format: LogFormat
+        do {
+            level = try environment.choice("CHAT_LOG_LEVEL", default: .info)
+            format = try environment.choice("CHAT_LOG_FORMAT", default: .text)
+        } catch {
+            FileHandle.standardError.write(Data("\(label): \(error)\n".utf8))
+            exit(1)
+        }
+        bootstrapOnce(format)
+        Observability.bootstrap()
         var logger = Logger(label: label)
-        logger.logLevel = Logger.Level(rawValue: environment.string("CHAT_LOG_LEVEL", default: "info")) ?? .info
+        logger.logLevel = level
         return logger
+    }
+
+    private static let bootstrapped = Mutex(false)
+
+    private static func bootstrapOnce(_ format: LogFormat) {
+        bootstrapped.withLock { done in
+            guard !done else { return }
+            done = true
+            switch format {
+            case .text: LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+            case .json: LoggingSystem.bootstrap { JSONLogHandler(label: $0) }
+            }
+        }
     }
 
     /// Runs a service's `main`: an error that ends it (its port is taken, its database cannot be opened) is
@@ -71,10 +108,11 @@ public enum ServiceLogging {
 }
 
 public enum HealthRoutes {
-    /// `GET /health`: the process is up. `GET /health/ready`: 200 when its broker connection is up and nothing
+    /// `GET /metrics`: Prometheus's text format. `GET /health`: the process is up. `GET /health/ready`: 200 when its broker connection is up and nothing
     /// in `readiness` is still waiting (its database, say), else 503 with what it waits for.
     public static func add<Context: RequestContext>(to router: Router<Context>, service: String, connection: AMQPConnection,
                                                     readiness: Readiness = Readiness()) {
+        Observability.addMetricsRoute(to: router)
         router.get("/health") { _, _ -> Response in
             json(.ok, "{\"status\":\"ok\",\"service\":\"\(service)\",\"amqp\":\(connection.isConnected)}")
         }
@@ -130,6 +168,7 @@ public func sleepUntilShutdown(for duration: Duration) async -> Bool {
 public func makeHealthServer(service: String, host: String, port: Int, connection: AMQPConnection, readiness: Readiness = Readiness(),
                              logger: Logger, extraRoutes: (Router<BasicRequestContext>) -> Void = { _ in }) -> some Service {
     let router = Router()
+    router.add(middleware: RequestLogMiddleware())
     HealthRoutes.add(to: router, service: service, connection: connection, readiness: readiness)
     extraRoutes(router)
     return Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: service), logger: logger)

@@ -19,7 +19,7 @@ def schema():
 
 def variables_read_by(target_dir):
     sources = "".join(p.read_text() for p in (ROOT / target_dir).rglob("*.swift"))
-    return set(re.findall(r'env\.(?:string|int|bool)\("(CHAT_[A-Z_]+)"', sources))
+    return set(re.findall(r'env\.(?:string|int|bool|choice)\("(CHAT_[A-Z_]+)"', sources))
 
 
 def test_compose_file_is_valid_against_the_compose_spec():

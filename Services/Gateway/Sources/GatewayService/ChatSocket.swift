@@ -120,6 +120,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         services.limiter.enter()
+        GatewayMetrics.socketsOpen.increment()
         let registry = services.backend.layer.registry
         let member = SocketMember(memberID: registry.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
         registry.register(member)
@@ -151,9 +152,11 @@ final class ChatSocketHandler: ChannelInboundHandler {
         held = []
         early = []
         services.limiter.leave()
+        GatewayMetrics.socketsOpen.decrement()
         guard let member else { return }
         services.backend.layer.registry.forget(member)
         if wasOpen, let session {
+            GatewayMetrics.leaves.increment()
             let backend = services.backend
             Task {
                 try? await backend.layer.groupDiscard(session.group, channel: member)
@@ -370,6 +373,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         guard let group = session?.group, let member else { return }
         let message = InboundChatMessage(id: MessageID.timeOrdered(), group: group, sender: sender?.value, text: text,
                                          receivedAt: Timestamp.nowMillis())
+        GatewayMetrics.messagesIn.increment()
         let handler = member.handler, logger = logger
         services.backend.submit(message).onFailure { error in
             logger.warning("message not accepted by the broker", metadata: ["error": "\(error)"])
@@ -404,6 +408,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
 
     func sendError(_ text: String) {
         guard let context, !closeSent else { return }
+        GatewayMetrics.errorFrames.increment()
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: ClientFrame.error(text)))),
                               promise: nil)
     }
@@ -513,6 +518,7 @@ struct SessionOpener: Sendable {
             await backend.leave(group: group, email: presenceEmail)
             return .refused("broker unavailable, try again later", CloseCode.tryAgainLater)
         }
+        GatewayMetrics.joins.increment()
         let session = OpenedSession(kind: kind, group: group, identity: identity)
         do {
             let history = try await backend.history(group: group, limit: services.configuration.historyLimit)

@@ -50,6 +50,7 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
     let limiter = ConnectionLimiter(maximum: configuration.maxConnections ?? ConnectionLimiter.defaultMaximum())
     logger.info("WebSocket limit", metadata: ["chat.max_connections": "\(limiter.maximum)"])
     let router = Router()
+    router.add(middleware: RequestLogMiddleware())
     HealthRoutes.add(to: router, service: "gateway", connection: backend.connection)
     Pages.add(to: router)
     API(backend: backend, authenticator: authenticator, configuration: configuration).add(to: router)

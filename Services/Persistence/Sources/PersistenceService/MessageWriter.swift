@@ -50,6 +50,7 @@ final class MessageWriter: Service {
     }
     private let state = Mutex(State())
     let coordinator: PartitionCoordinator
+    let metrics: PersistenceMetrics
 
     init(connection: AMQPConnection, store: MessageStore, configuration: PersistenceConfiguration, readiness: Readiness,
          writerLock: WriterLock?, logger: Logger) {
@@ -62,6 +63,8 @@ final class MessageWriter: Service {
         logger[metadataKey: "amqp.queue"] = .string(ChatTopology.inboundExchange)
         self.logger = logger
         self.coordinator = PartitionCoordinator(connection: connection, configuration: configuration, logger: logger)
+        self.metrics = PersistenceMetrics(partitions: configuration.partitions)
+        metrics.ownership([])
     }
 
     func run() async throws {
@@ -115,6 +118,7 @@ final class MessageWriter: Service {
         let held = state.withLock { s -> [Int: Held] in
             s.stopped = true
             defer { s.held = [:] }
+            metrics.ownership([])
             return s.held
         }
         for (_, partition) in held { partition.handle.release() }
@@ -135,6 +139,7 @@ final class MessageWriter: Service {
                 released.append(partition)
             }
             for partition in released { s.held[partition] = nil }
+            defer { metrics.ownership(Set(s.held.keys)) }
             var acquired: [Int] = []
             for partition in mine.sorted() where s.held[partition] == nil {
                 let token = s.nextToken
@@ -162,6 +167,7 @@ final class MessageWriter: Service {
     private func consumerEnded(partition: Int, token: Int) {
         state.withLock { s in
             if s.held[partition]?.token == token { s.held[partition] = nil }
+            metrics.ownership(Set(s.held.keys))
         }
     }
 
@@ -217,7 +223,11 @@ final class MessageWriter: Service {
         guard !deliveries.isEmpty else { return nil }
 
         // Only a redelivered batch can hold messages stored already; a first delivery skips that lookup.
+        let started = ContinuousClock.now
         guard let outcome = await storeIsolatingRefused(messages[...], checkExisting: redelivered) else { return nil }
+        metrics.batchDuration.recordNanoseconds(Int64((ContinuousClock.now - started) / .nanoseconds(1)))
+        metrics.batchSize.record(messages.count)
+        if redelivered { metrics.redeliveredBatches.increment() }
         for (message, reason) in outcome.refused {
             logger.error("message refused by the database; dead-lettered",
                          metadata: ["chat.room": "\(message.group)", "chat.message_id": "\(message.id)", "reason": "\(reason)",
@@ -227,6 +237,8 @@ final class MessageWriter: Service {
             storedByPartition[ChatTopology.partition(of: message.group, count: configuration.partitions), default: 0] -= 1
         }
         let stored = outcome.stored
+        metrics.stored.increment(by: stored.count)
+        metrics.deadLetters.increment(by: deadLetters.count)
         state.withLock { s in
             s.stored += stored.count
             s.deadLetters += deadLetters.count
@@ -248,10 +260,11 @@ final class MessageWriter: Service {
                 runs.append((message.group, message.seq, [message.clientFrame]))
             }
         }
+        let earliest = messages.lazy.map(\.receivedAt).min()
         // One AMQP message for up to 256 runs (routed to every gateway holding any of their rooms, see
         // ``AMQPChannelLayer/groupRunsMessage(_:)``): the broker's cost follows batches, not rooms.
         let broadcasts = stride(from: 0, to: runs.count, by: 256).map {
-            AMQPChannelLayer.groupRunsMessage(Array(runs[$0..<min($0 + 256, runs.count)]))
+            AMQPChannelLayer.groupRunsMessage(Array(runs[$0..<min($0 + 256, runs.count)]), receivedAt: earliest)
         }
         logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
         return PendingAck(confirmation: connection.publishPipelined(broadcasts + deadLetters), deliveries: deliveries)

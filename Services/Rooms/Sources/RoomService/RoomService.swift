@@ -2,6 +2,7 @@ import AMQPClient
 import ChannelLayer
 import ChatProtocol
 import ChatStorage
+import CoreMetrics
 import Foundation
 import Hummingbird
 import Logging
@@ -159,11 +160,18 @@ final class RoomRequestResponder: Service {
 
     static let maxConcurrent = 64
 
+    /// `chat_rooms_requests_total{op}`: room requests served, by operation (a handful of values).
+    static func requests(op: String) -> Counter {
+        Counter(label: "chat_rooms_requests_total", dimensions: [("op", op)])
+    }
+
     func handle(_ delivery: AMQPDelivery) async {
         guard let request = try? decoder.decode(RoomRequest.self, from: Data(buffer: delivery.body)) else {
+            Self.requests(op: "malformed").increment()
             await reply(to: delivery, RoomReply(ok: false, error: "malformed request"))
             return
         }
+        Self.requests(op: request.op.rawValue).increment()
         switch request.op {
         case .heartbeat, .leave:
             // Membership comes from the fanout (``MembershipListener``); these are from gateways of an older release.
