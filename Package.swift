@@ -185,7 +185,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatUnitTests",
-            dependencies: ["ChatProtocol", "ChannelLayer", "ChatStorage", "GatewayService", "PersistenceService", "Presence", "RoomService"],
+            dependencies: [
+                "ChatProtocol", "ChannelLayer", "ChatStorage", "GatewayService", "PersistenceService", "Presence", "RoomService", "ServiceKit",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
             path: "Tests/ChatUnitTests",
             swiftSettings: swiftSettings
         ),

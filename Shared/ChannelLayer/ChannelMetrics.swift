@@ -1,6 +1,14 @@
 import CoreMetrics
 import Foundation
 
+/// Registers the channel layer's series at start, so that they are scraped as zeros before any delivery.
+public enum ChannelLayerMetrics {
+    public static func register() {
+        ChannelMetrics.delivered.increment(by: 0)
+        _ = ChannelMetrics.deliveryLatency
+    }
+}
+
 /// What the channel layer counts in a gateway, for `/metrics`.
 enum ChannelMetrics {
     /// Messages written to sockets (a message to a room of n local sockets counts n).

@@ -17,6 +17,7 @@ import Synchronization
 public func buildApplication(_ configuration: GatewayConfiguration, logger: Logger) async throws -> ServiceApplication {
     var logger = logger
     logger[metadataKey: "chat.gateway"] = .string(configuration.gatewayID)
+    GatewayMetrics.register()
     let connection = AMQPConnection(
         configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "gateway-\(configuration.gatewayID)"),
         logger: logger)

@@ -1,3 +1,4 @@
+import ChannelLayer
 import CoreMetrics
 
 /// What a gateway counts, for `/metrics` (deliveries and their latency are the channel layer's).
@@ -9,4 +10,11 @@ enum GatewayMetrics {
     static let messagesIn = Counter(label: "chat_gateway_messages_in_total")
     /// Error frames sent (bad frames, refused messages, …).
     static let errorFrames = Counter(label: "chat_gateway_error_frames_total")
+
+    /// Makes every series exist from the start (a scrape of a gateway that has had no socket yet shows zeros).
+    static func register() {
+        socketsOpen.set(0)
+        for counter in [joins, leaves, messagesIn, errorFrames] { counter.increment(by: 0) }
+        ChannelLayerMetrics.register()
+    }
 }

@@ -1,0 +1,44 @@
+import CoreMetrics
+import Foundation
+import Hummingbird
+import Logging
+@testable import ServiceKit
+import Testing
+
+/// Log lines, request ids and the settings that choose them; the metrics registry's exposition.
+@Suite struct ObservabilityTests {
+    @Test func aJSONLogLineIsOneObjectWithItsMetadata() throws {
+        let line = JSONLogHandler.line(timestamp: Date(timeIntervalSince1970: 0), level: .warning, label: "chat.gateway",
+                                       message: "a \"quoted\"\nmessage", metadata: ["chat.room": "lobby", "amqp.queue": "chat.gateway.g1"])
+        #expect(line.hasSuffix("}\n") && line.filter { $0 == "\n" }.count == 1)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+        #expect(object["level"] == "warning" && object["label"] == "chat.gateway" && object["msg"] == "a \"quoted\"\nmessage")
+        #expect(object["chat.room"] == "lobby" && object["amqp.queue"] == "chat.gateway.g1")
+        #expect(object["ts"]?.hasPrefix("1970-01-01T00:00:00") == true)
+    }
+
+    @Test func theLogFormatIsRefusedWhenMalformed() throws {
+        #expect(try EnvironmentReader(["CHAT_LOG_FORMAT": "JSON"]).choice("CHAT_LOG_FORMAT", default: LogFormat.text) == .json)
+        #expect(try EnvironmentReader([:]).choice("CHAT_LOG_FORMAT", default: LogFormat.text) == .text)
+        #expect(throws: ConfigurationError.self) { try EnvironmentReader(["CHAT_LOG_FORMAT": "xml"]).choice("CHAT_LOG_FORMAT", default: LogFormat.text) }
+        #expect(throws: ConfigurationError.self) { try EnvironmentReader(["CHAT_LOG_LEVEL": "loud"]).choice("CHAT_LOG_LEVEL", default: Logger.Level.info) }
+    }
+
+    @Test func onlyPlainShortRequestIDsFromTheProxyAreKept() {
+        typealias Middleware = RequestLogMiddleware<BasicRequestContext>
+        #expect(Middleware.usableID("3f2a9c0d1e") == "3f2a9c0d1e")
+        #expect(Middleware.usableID("a-b_C9") == "a-b_C9")
+        #expect(Middleware.usableID("") == nil)
+        #expect(Middleware.usableID(String(repeating: "a", count: 65)) == nil)
+        #expect(Middleware.usableID("id\nforged=1") == nil)
+        #expect(Middleware.usableID(nil) == nil)
+    }
+
+    @Test func theRegistryExposesWhatIsCounted() {
+        Observability.bootstrap()
+        let counter = Counter(label: "chat_test_observability_total")
+        counter.increment(by: 3)
+        let text = String(buffer: Observability.exposition())
+        #expect(text.contains("chat_test_observability_total 3"))
+    }
+}
