@@ -46,6 +46,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
 
     public func run() async throws {
         try await declareTopology()
+        logger.info("channel layer consuming")
         // Routed on the connection's thread as the deliveries are read: `route` only hands frames to the
         // sockets' event loops and resumes requesters, so nothing here blocks, and a broadcast reaches the
         // sockets without waking a task first.

@@ -185,6 +185,21 @@ def test_smoke_through_nginx(stack):
     TIMINGS["smoke"] = time.monotonic() - started
 
 
+def test_services_log_json_lines_with_their_context(stack):
+    gateway = replicas("gateway")[0]
+    reply = requests.get(f"http://{address(gateway)}:8000/api/rooms", headers={"X-Request-ID": "container-test-1"}, timeout=5)
+    assert reply.headers["X-Request-ID"] == "container-test-1"
+    logs = subprocess.run(["podman", "logs", gateway], env=ENV, capture_output=True, text=True).stderr.splitlines()
+    lines = [json.loads(line) for line in logs if line.startswith("{")]
+    ours_lines = [l for l in logs if l.strip() and not l.startswith("time=")]  # time=…: podman's own complaints
+    assert lines and len(lines) == len(ours_lines), ours_lines[:5]
+    assert all(l.get("chat.gateway") for l in lines), [l for l in lines if not l.get("chat.gateway")][:3]
+    assert any(l.get("request.id") == "container-test-1" and l["http.path"] == "/api/rooms" for l in lines)
+    assert any("amqp.queue" in l for l in lines)
+    persistence = subprocess.run(["podman", "logs", replicas("persistence")[0]], env=ENV, capture_output=True, text=True).stderr
+    assert any(json.loads(l).get("amqp.queue") for l in persistence.splitlines() if l.startswith("{"))
+
+
 def wait_restarted(name, restarts_before, timeout=90):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -195,21 +210,58 @@ def wait_restarted(name, restarts_before, timeout=90):
     raise AssertionError(f"{name} was not restarted and healthy within {timeout} s")
 
 
+def stored(room):
+    """(seq, text) of every stored message of a named room, read in the PostgreSQL container."""
+    out = podman("exec", replicas("postgres")[0], "psql", "-U", "chat", "-d", "chat", "-At", "-F", "\x1f", "-c",
+                 f"SELECT seq, body FROM chat_messages WHERE grp = 'named:{room}' ORDER BY seq")
+    return [(int(seq), body) for seq, body in (line.split("\x1f") for line in out.splitlines() if line)]
+
+
 def test_a_killed_gateway_and_persistence_worker_come_back(stack):
     # SIGKILL to the container's process, as a crash or the OOM killer would: podman 4.3's `podman kill` marks
     # a container stopped by its user, and then no restart policy applies (checked on this machine).
     victims = [replicas("gateway")[0], replicas("persistence")[0]]
+    survivor = replicas("gateway")[1]
     before = {name: int(podman("inspect", name, "--format", "{{.RestartCount}}").strip()) for name in victims}
-    started = time.monotonic()
-    for name in victims:
-        pid = int(podman("inspect", name, "--format", "{{.State.Pid}}").strip())
-        os.kill(pid, 9)
+    room = f"kill-{uuid.uuid4().hex[:8]}"
+    total = 400
+    alice = token("alice@example.com", "visitor")
+
+    async def under_load():
+        # Writer and reader on the gateway that stays, so that every message sent is one the system took.
+        url = f"ws://{address(survivor)}:8000/ws/chat/{room}/?token={alice}"
+        writer = await websockets.connect(url, additional_headers=ORIGIN, max_size=None)
+        reader = await websockets.connect(url, additional_headers=ORIGIN, max_size=None)
+        await asyncio.sleep(0.3)
+        started = None
+        for i in range(total):
+            await writer.send(json.dumps({"message": f"k{i}"}))
+            if i == total // 4:
+                started = time.monotonic()
+                for name in victims:
+                    os.kill(int(podman("inspect", name, "--format", "{{.State.Pid}}").strip()), 9)
+            await asyncio.sleep(0.005)
+        frames = await chat_frames(reader, total, timeout=90)
+        await writer.close()
+        await reader.close()
+        return started, frames
+
+    started, frames = asyncio.run(under_load())
+    assert all("error" not in f for f in frames), [f for f in frames if "error" in f][:3]
+    assert [f["seq"] for f in frames] == list(range(1, total + 1))
+    assert [f["message"] for f in frames] == [f"k{i}" for i in range(total)]
+    assert stored(room) == [(i + 1, f"k{i}") for i in range(total)]
     for name in victims:
         back = wait_restarted(name, before[name])
         TIMINGS[f"restart of {name.split('_')[1]}"] = back - started
-    # nginx follows the restarted gateway (re-resolved by name); a request or two may meet it still starting.
+    # nginx follows the restarted gateway (re-resolved by name every 2 s).
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(gateway_sockets()) < 2:
+    while time.monotonic() < deadline:
+        try:
+            if len(gateway_sockets()) == 2:
+                break
+        except (requests.RequestException, StopIteration):
+            pass
         time.sleep(1)
     smoke()
 
