@@ -13,4 +13,4 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   createdb -U "$POSTGRES_USER" "$POSTGRES_DB" 2>/dev/null || true
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*' -c max_connections=200
+exec postgres -D "$PGDATA" -c listen_addresses='*' -c max_connections=200 -c jit=off
