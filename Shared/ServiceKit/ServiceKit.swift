@@ -19,10 +19,6 @@ public struct EnvironmentReader: Sendable {
         return value
     }
 
-    public func int(_ key: String, default fallback: Int) -> Int {
-        values[key].flatMap { Int($0) } ?? fallback
-    }
-
     /// An integer that must lie in `range`: a value that is set but malformed or out of range is refused at
     /// start (``ConfigurationError``) rather than quietly replaced by the default.
     public func int(_ key: String, default fallback: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {

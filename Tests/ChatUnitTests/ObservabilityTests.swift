@@ -1,5 +1,6 @@
 import CoreMetrics
 import Foundation
+@testable import GatewayService
 import Hummingbird
 import Logging
 @testable import ServiceKit
@@ -22,6 +23,17 @@ import Testing
         #expect(try EnvironmentReader([:]).choice("CHAT_LOG_FORMAT", default: LogFormat.text) == .text)
         #expect(throws: ConfigurationError.self) { try EnvironmentReader(["CHAT_LOG_FORMAT": "xml"]).choice("CHAT_LOG_FORMAT", default: LogFormat.text) }
         #expect(throws: ConfigurationError.self) { try EnvironmentReader(["CHAT_LOG_LEVEL": "loud"]).choice("CHAT_LOG_LEVEL", default: Logger.Level.info) }
+    }
+
+    @Test func aMalformedOrOutOfRangeGatewaySettingIsRefusedByName() throws {
+        for (key, value) in [("CHAT_HISTORY_LIMIT", "fifty"), ("CHAT_GATEWAY_PORT", "70000"), ("CHAT_MAX_CONNECTIONS", "-1"),
+                             ("CHAT_REQUEST_TIMEOUT_MS", "5s"), ("CHAT_GATEWAY_THREADS", "0")] {
+            #expect(throws: ConfigurationError.self, "\(key)=\(value)") {
+                try GatewayConfiguration.fromEnvironment(EnvironmentReader([key: value]))
+            }
+        }
+        let defaults = try GatewayConfiguration.fromEnvironment(EnvironmentReader([:]))
+        #expect(defaults.historyLimit == 50 && defaults.maxConnections == nil && defaults.port == 8000)
     }
 
     @Test func onlyPlainShortRequestIDsFromTheProxyAreKept() {

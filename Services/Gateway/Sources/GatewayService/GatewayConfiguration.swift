@@ -79,23 +79,23 @@ public struct GatewayConfiguration: Sendable {
     public static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
             host: env.string("CHAT_GATEWAY_HOST", default: "127.0.0.1"),
-            port: env.int("CHAT_GATEWAY_PORT", default: 8000),
+            port: try env.int("CHAT_GATEWAY_PORT", default: 8000, in: 0...65535),
             amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
             gatewayID: env.string("CHAT_GATEWAY_ID", default: randomID()),
-            maxFrameBytes: env.int("CHAT_MAX_FRAME_BYTES", default: 65536),
-            historyLimit: env.int("CHAT_HISTORY_LIMIT", default: 50),
-            requestTimeout: .milliseconds(env.int("CHAT_REQUEST_TIMEOUT_MS", default: 5000)),
-            mailboxCapacity: env.int("CHAT_MAILBOX_CAPACITY", default: 1024),
-            heartbeatInterval: .seconds(env.int("CHAT_HEARTBEAT_SECONDS", default: 5)),
+            maxFrameBytes: try env.int("CHAT_MAX_FRAME_BYTES", default: 65536, in: 16...(16 << 20)),
+            historyLimit: try env.int("CHAT_HISTORY_LIMIT", default: 50, in: 0...1000),
+            requestTimeout: .milliseconds(try env.int("CHAT_REQUEST_TIMEOUT_MS", default: 5000, in: 100...600_000)),
+            mailboxCapacity: try env.int("CHAT_MAILBOX_CAPACITY", default: 1024, in: 1...1_000_000),
+            heartbeatInterval: .seconds(try env.int("CHAT_HEARTBEAT_SECONDS", default: 5, in: 1...3600)),
             jwtSecret: env.string("CHAT_JWT_SECRET", default: UUID().uuidString + UUID().uuidString),
             devTokens: env.bool("CHAT_DEV_TOKENS", default: false),
             allowAnonymous: env.bool("CHAT_ALLOW_ANONYMOUS", default: false),
             allowedOrigins: env.string("CHAT_ALLOWED_ORIGINS", default: "").split(separator: ",")
                 .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.nilIfEmpty,
-            maxBodyBytes: env.int("CHAT_MAX_BODY_BYTES", default: 16384),
-            maxConnections: env.int("CHAT_MAX_CONNECTIONS", default: 0) > 0 ? env.int("CHAT_MAX_CONNECTIONS", default: 0) : nil)
-            .with(\.mallocTrimInterval, .seconds(env.int("CHAT_MALLOC_TRIM_SECONDS", default: 10)))
-            .with(\.eventLoopThreads, max(1, env.int("CHAT_GATEWAY_THREADS", default: Self.defaultEventLoopThreads)))
+            maxBodyBytes: try env.int("CHAT_MAX_BODY_BYTES", default: 16384, in: 256...(16 << 20)),
+            maxConnections: try env.int("CHAT_MAX_CONNECTIONS", default: 0, in: 0...10_000_000).nonZero)
+            .with(\.mallocTrimInterval, .seconds(try env.int("CHAT_MALLOC_TRIM_SECONDS", default: 10, in: 0...86400)))
+            .with(\.eventLoopThreads, try env.int("CHAT_GATEWAY_THREADS", default: Self.defaultEventLoopThreads, in: 1...256))
             .with(\.partitions, try env.int("CHAT_PERSIST_PARTITIONS", default: ChatTopology.defaultPartitions, in: 1...256))
             .with(\.gatewayExpiry, .seconds(try env.int("CHAT_GATEWAY_EXPIRY_SECONDS", default: 15, in: 1...3600)))
     }
@@ -116,4 +116,9 @@ public struct GatewayConfiguration: Sendable {
 
 extension Array {
     var nilIfEmpty: Self? { isEmpty ? nil : self }
+}
+
+extension Int {
+    /// Nil for 0 ("not set" in a setting where 0 means the default).
+    var nonZero: Int? { self == 0 ? nil : self }
 }
