@@ -7,10 +7,7 @@ import Testing
 /// and leave nothing pending.
 @Suite(.serialized) struct AMQPRequesterTests {
     @Test func aCancelledRequestEndsAtOnceAndLeavesNothingPending() async throws {
-        let connection = await TestBroker.connect("requester-cancel")
-        let queue = TestBroker.uniqueName("test.requests")
-        try await connection.declareQueue(queue, durable: false, autoDelete: false)
-        let requester = AMQPRequester(connection: connection, replyQueue: TestBroker.uniqueName("test.replies"))
+        let (requester, queue) = try await unanswered("requester-cancel")
         let started = ContinuousClock.now
         let request = Task { try await requester.request(routingKey: queue, body: ByteBuffer(string: "ping"), timeout: .seconds(60)) }
         try await Task.sleep(for: .milliseconds(200))
@@ -21,10 +18,7 @@ import Testing
     }
 
     @Test func aCallerCancelledBeforeItsRequestIsPublishedIsNotLeftWaiting() async throws {
-        let connection = await TestBroker.connect("requester-early")
-        let queue = TestBroker.uniqueName("test.requests")
-        try await connection.declareQueue(queue, durable: false, autoDelete: false)
-        let requester = AMQPRequester(connection: connection, replyQueue: TestBroker.uniqueName("test.replies"))
+        let (requester, queue) = try await unanswered("requester-early")
         for _ in 0..<50 {
             let request = Task { try await requester.request(routingKey: queue, body: ByteBuffer(string: "ping"), timeout: .seconds(60)) }
             request.cancel()
@@ -34,13 +28,18 @@ import Testing
     }
 
     @Test func anUnansweredRequestTimesOut() async throws {
-        let connection = await TestBroker.connect("requester-timeout")
-        let queue = TestBroker.uniqueName("test.requests")
-        try await connection.declareQueue(queue, durable: false, autoDelete: false)
-        let requester = AMQPRequester(connection: connection, replyQueue: TestBroker.uniqueName("test.replies"))
+        let (requester, queue) = try await unanswered("requester-timeout")
         await #expect(throws: AMQPError.self) {
             try await requester.request(routingKey: queue, body: ByteBuffer(string: "ping"), timeout: .seconds(1))
         }
         #expect(requester.pendingCount == 0)
+    }
+
+    /// A requester and a queue its requests are routed to, which nobody consumes.
+    private func unanswered(_ name: String) async throws -> (AMQPRequester, String) {
+        let connection = await TestBroker.connect(name)
+        let queue = TestBroker.uniqueName("test.requests")
+        try await connection.declareQueue(queue, durable: false, autoDelete: false)
+        return (AMQPRequester(connection: connection, replyQueue: TestBroker.uniqueName("test.replies")), queue)
     }
 }

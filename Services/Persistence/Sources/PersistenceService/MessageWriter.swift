@@ -251,20 +251,23 @@ final class MessageWriter: Service {
 
         // One broadcast per run of consecutive seqs of a room (usually one per room per batch), in seq order.
         var runs: [(group: String, first: Int64, frames: [String])] = []
+        var runEarliest: [Int64] = []  // when the earliest message of each run was received
         var openRun: [String: Int] = [:]
         for message in stored {
             if let index = openRun[message.group], runs[index].first + Int64(runs[index].frames.count) == message.seq {
                 runs[index].frames.append(message.clientFrame)
+                runEarliest[index] = min(runEarliest[index], message.createdAt)
             } else {
                 openRun[message.group] = runs.count
                 runs.append((message.group, message.seq, [message.clientFrame]))
+                runEarliest.append(message.createdAt)
             }
         }
-        let earliest = messages.lazy.map(\.receivedAt).min()
         // One AMQP message for up to 256 runs (routed to every gateway holding any of their rooms, see
         // ``AMQPChannelLayer/groupRunsMessage(_:)``): the broker's cost follows batches, not rooms.
         let broadcasts = stride(from: 0, to: runs.count, by: 256).map {
-            AMQPChannelLayer.groupRunsMessage(Array(runs[$0..<min($0 + 256, runs.count)]), receivedAt: earliest)
+            let chunk = $0..<min($0 + 256, runs.count)
+            return AMQPChannelLayer.groupRunsMessage(Array(runs[chunk]), receivedAt: runEarliest[chunk].min())
         }
         logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
         return PendingAck(confirmation: connection.publishPipelined(broadcasts + deadLetters), deliveries: deliveries)
