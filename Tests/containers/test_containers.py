@@ -107,11 +107,16 @@ def smoke():
     alice = token("alice@example.com", "visitor")
 
     async def scenario():
+        # nginx starts each connection at a random one of the gateways' addresses, so six sockets all land on one
+        # gateway once in 32 runs: open more, up to 24 (then once in 8 million), until both gateways hold some.
         sockets = [await connect(f"/ws/chat/{room}/?token={alice}") for _ in range(6)]
         per_gateway = gateway_sockets()
+        while len(sockets) < 24 and not all(n >= 1 for n in per_gateway.values()):
+            sockets.append(await connect(f"/ws/chat/{room}/?token={alice}"))
+            per_gateway = gateway_sockets()
         assert len(per_gateway) == 2 and all(n >= 1 for n in per_gateway.values()), per_gateway
         for i in range(20):
-            await sockets[i % 6].send(json.dumps({"message": f"m{i}"}))
+            await sockets[i % len(sockets)].send(json.dumps({"message": f"m{i}"}))
         for ws in sockets:
             frames = await chat_frames(ws, 20)
             assert sorted(f["seq"] for f in frames) == list(range(1, 21))
