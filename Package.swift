@@ -5,9 +5,9 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
+// Linux only (Debian 12 here): the AMQP client links librabbitmq-c, and the services use glibc's malloc_trim.
 let package = Package(
     name: "swift-chat",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "Gateway", targets: ["Gateway"]),
         .executable(name: "Persistence", targets: ["Persistence"]),

@@ -5,12 +5,10 @@ import NIOCore
 import ServiceLifecycle
 
 /// The channel layer on RabbitMQ (docs/amqp-topology.md):
-/// - each process has one exclusive queue, `chat.gateway.<id>`, which is also its channels' address;
+/// - each process has one exclusive queue, `chat.gateway.<id>`;
 /// - a group is a routing key on the direct exchange `chat.groups`; the process binds its queue to the
 ///   group's key when the group gets its first local member and unbinds when it loses its last;
-/// - `groupSend` publishes to `chat.groups` with the full group name in the `x-group` header;
-/// - `send` to `<process>!<n>` publishes to the default exchange with routing key `<process>` and the
-///   local channel in the `x-channel` header.
+/// - `groupSend` publishes to `chat.groups` with the full group name in the `x-group` header.
 /// Replies to requests (messages with a correlation id) go to the ``AMQPRequester``.
 public final class AMQPChannelLayer: ChannelLayer, Service {
     public let connection: AMQPConnection
@@ -22,12 +20,12 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     /// connection's thread) instead of to the groups.
     let onMembershipEvent: (@Sendable (ByteBuffer) -> Void)?
 
-    public init(connection: AMQPConnection, processID: String, mailboxCapacity: Int = 1024, logger: Logger,
+    public init(connection: AMQPConnection, processID: String, logger: Logger,
                 onMembershipEvent: (@Sendable (ByteBuffer) -> Void)? = nil) {
         self.connection = connection
         self.onMembershipEvent = onMembershipEvent
         let queue = ChatTopology.gatewayQueue(processID)
-        self.registry = GroupRegistry(processName: queue, mailboxCapacity: mailboxCapacity)
+        self.registry = GroupRegistry(processName: queue)
         self.requester = AMQPRequester(connection: connection, replyQueue: queue)
         var logger = logger
         logger[metadataKey: "amqp.queue"] = .string(queue)
@@ -87,10 +85,8 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
                 registry.dispatch([ChannelMessage(body: delivery.body, group: group, seq: seq)], to: group,
                                   delivered: ChannelMetrics.recorder(messages: 1, receivedAt: receivedAt))
             }
-        } else if let local = headers[ChatTopology.channelHeader]?.intValue {
-            _ = registry.deliver(ChannelMessage(body: delivery.body), toLocalID: Int(local))
         } else {
-            logger.debug("dropping a message with neither group nor channel", metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
+            logger.debug("dropping a message without a group", metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
         }
     }
 
@@ -119,17 +115,15 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         }
     }
 
-    public func newChannel() -> LocalChannel { registry.newChannel() }
-
     public func groupAdd(_ group: String, channel: any GroupMember) async throws {
-        let connection = self.connection, queue = queueName, key = RoomName.groupKey(for: group)
+        let connection = self.connection, queue = queueName, key = ChatTopology.routingKey(forGroup: group)
         try await registry.add(group, channel) {
             try await connection.bindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
         }
     }
 
     public func groupDiscard(_ group: String, channel: any GroupMember) async throws {
-        let connection = self.connection, queue = queueName, key = RoomName.groupKey(for: group)
+        let connection = self.connection, queue = queueName, key = ChatTopology.routingKey(forGroup: group)
         try await registry.remove(group, channel) {
             try await connection.unbindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
         }
@@ -144,14 +138,14 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         var headers: AMQPTable = [ChatTopology.groupHeader: .string(group)]
         if let seq = message.seq { headers[ChatTopology.seqHeader] = .int(seq) }
         return AMQPOutgoingMessage(
-            exchange: ChatTopology.groupsExchange, routingKey: RoomName.groupKey(for: group), body: message.body,
+            exchange: ChatTopology.groupsExchange, routingKey: ChatTopology.routingKey(forGroup: group), body: message.body,
             properties: AMQPProperties(headers: headers))
     }
 
     /// One AMQP message carrying a run of consecutive stored messages of one group (seqs `firstSeq`, …).
     public static func groupRunMessage(_ group: String, frames: [String], firstSeq: Int64) -> AMQPOutgoingMessage {
         AMQPOutgoingMessage(
-            exchange: ChatTopology.groupsExchange, routingKey: RoomName.groupKey(for: group), body: ByteBuffer(string: FrameBatch.join(frames)),
+            exchange: ChatTopology.groupsExchange, routingKey: ChatTopology.routingKey(forGroup: group), body: ByteBuffer(string: FrameBatch.join(frames)),
             properties: AMQPProperties(headers: [
                 ChatTopology.groupHeader: .string(group), ChatTopology.seqHeader: .int(firstSeq),
                 ChatTopology.countHeader: .int(Int64(frames.count)),
@@ -168,7 +162,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         var frames: [String] = []
         for run in runs {
             description += "\(run.group)\t\(run.first)\t\(run.frames.count)\n"
-            let key = RoomName.groupKey(for: run.group)
+            let key = ChatTopology.routingKey(forGroup: run.group)
             if seenKeys.insert(key).inserted { keys.append(key) }
             frames += run.frames
         }
@@ -178,14 +172,5 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         return AMQPOutgoingMessage(
             exchange: ChatTopology.groupsExchange, routingKey: keys.first ?? "", body: ByteBuffer(string: FrameBatch.join(frames)),
             properties: AMQPProperties(headers: headers))
-    }
-
-    public func send(toChannel name: String, message: ChannelMessage) async throws {
-        guard let process = ChannelNames.process(of: name), let id = ChannelNames.localID(of: name, inProcess: process) else {
-            throw ChatError.invalidFrame("not a channel name: \(name)")
-        }
-        try await connection.publish(AMQPOutgoingMessage(
-            exchange: "", routingKey: process, body: message.body,
-            properties: AMQPProperties(headers: [ChatTopology.channelHeader: .int(Int64(id))]), mandatory: true))
     }
 }

@@ -14,24 +14,20 @@ public struct ChannelMessage: Sendable {
     }
 }
 
-/// Django Channels' channel layer: named channels (mailboxes) and groups of channels.
+/// Django Channels' channel layer: groups of channels (here, of sockets), added to, discarded from and sent to.
 ///
-/// `groupAdd` returns once messages sent to the group afterwards reach the channel (for AMQP: the
+/// `groupAdd` returns once messages sent to the group afterwards reach the member (for AMQP: the
 /// binding is confirmed by the broker), which is what lets a joining socket read history without a gap.
 public protocol ChannelLayer: Sendable {
-    /// A new process-local channel with a unique name.
-    func newChannel() -> LocalChannel
     func groupAdd(_ group: String, channel: any GroupMember) async throws
     func groupDiscard(_ group: String, channel: any GroupMember) async throws
     func groupSend(_ group: String, message: ChannelMessage) async throws
-    /// Sends to one channel by name, wherever its process is.
-    func send(toChannel name: String, message: ChannelMessage) async throws
 }
 
-/// Something that belongs to groups and receives what is sent to them: a ``LocalChannel`` (a mailbox read
-/// as an async sequence) or, in the gateway, a WebSocket connection that writes straight to its socket.
+/// Something that belongs to groups and receives what is sent to them: in the gateway, a WebSocket
+/// connection that writes straight to its socket.
 public protocol GroupMember: AnyObject, Sendable {
-    /// Unique within the process (``GroupRegistry/allocateID()``); the channel name's `!n` part.
+    /// Unique within the process (``GroupRegistry/allocateID()``).
     var memberID: Int { get }
     /// The event loop `deliver` must be called on, or nil when any thread will do. The registry calls the
     /// members of one loop together, with one hop to that loop per dispatch rather than one per member.
@@ -40,90 +36,28 @@ public protocol GroupMember: AnyObject, Sendable {
     func deliver(_ messages: [ChannelMessage])
 }
 
-/// A channel's mailbox. It holds at most `capacity` undelivered messages: a reader that falls that far
-/// behind is marked ``overflowed`` (and the gateway disconnects it) rather than growing without bound.
-public final class LocalChannel: GroupMember, Hashable {
-    public let name: String
-    public let localID: Int
-    public let messages: AsyncStream<ChannelMessage>
-    let continuation: AsyncStream<ChannelMessage>.Continuation
-    private let overflowFlag = Atomic<Bool>(false)
-
-    init(processName: String, localID: Int, capacity: Int) {
-        self.localID = localID
-        self.name = "\(processName)!\(localID)"
-        (messages, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingOldest(capacity))
-    }
-
-    public var memberID: Int { localID }
-    public var deliveryLoop: (any EventLoop)? { nil }
-    public func deliver(_ messages: [ChannelMessage]) {
-        for message in messages { deliver(message) }
-    }
-
-    /// Whether a message was dropped because the reader fell behind.
-    public var overflowed: Bool { overflowFlag.load(ordering: .relaxed) }
-
-    func deliver(_ message: ChannelMessage) {
-        if case .dropped = continuation.yield(message) {
-            overflowFlag.store(true, ordering: .relaxed)
-            continuation.finish()
-        }
-    }
-
-    /// Ends the mailbox (the socket closed).
-    public func close() { continuation.finish() }
-
-    public static func == (lhs: LocalChannel, rhs: LocalChannel) -> Bool { lhs === rhs }
-    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
-}
-
 /// The groups of one process: which local channels are in which group. Reference-counted so that a group
 /// with 1,000 local members costs one binding: `onFirstMember` / `onLastMember` run only on 0↔1 changes,
 /// chained per group so that a bind and an unbind of the same group never overtake each other.
 public final class GroupRegistry: Sendable {
     struct State {
         var members: [String: [Int: any GroupMember]] = [:]
-        var channels: [Int: any GroupMember] = [:]
         var lastOperation: [String: Task<Void, any Error>] = [:]
         var nextID = 1
     }
     private let state = Mutex(State())
     public let processName: String
-    let capacity: Int
 
-    public init(processName: String, mailboxCapacity: Int) {
+    public init(processName: String) {
         self.processName = processName
-        self.capacity = mailboxCapacity
     }
 
-    public func newChannel() -> LocalChannel {
-        state.withLock { state in
-            let channel = LocalChannel(processName: processName, localID: state.nextID, capacity: capacity)
-            state.nextID += 1
-            state.channels[channel.localID] = channel
-            return channel
-        }
-    }
-
-    /// A new member id, for a member the caller makes (``register(_:)`` makes it reachable by name).
+    /// A new member id, unique in this process.
     public func allocateID() -> Int {
         state.withLock { state in
             defer { state.nextID += 1 }
             return state.nextID
         }
-    }
-
-    public func register(_ member: any GroupMember) {
-        state.withLock { state in state.channels[member.memberID] = member }
-    }
-
-    public func forget(_ member: any GroupMember) {
-        state.withLock { state in _ = state.channels.removeValue(forKey: member.memberID) }
-    }
-
-    func channel(localID: Int) -> (any GroupMember)? {
-        state.withLock { $0.channels[localID] }
     }
 
     /// Adds a member; when it is the group's first, runs `onFirstMember` after the group's previous operation.
@@ -217,16 +151,6 @@ public final class GroupRegistry: Sendable {
         return members.count
     }
 
-    public func deliver(_ message: ChannelMessage, toLocalID id: Int) -> Bool {
-        guard let member = channel(localID: id) else { return false }
-        if let loop = member.deliveryLoop {
-            loop.execute { member.deliver([message]) }
-        } else {
-            member.deliver([message])
-        }
-        return true
-    }
-
     /// Members per group, for heartbeats to the room service.
     public func memberCounts() -> [String: Int] {
         state.withLock { state in state.members.mapValues(\.count) }
@@ -241,11 +165,9 @@ public final class GroupRegistry: Sendable {
 public final class InMemoryChannelLayer: ChannelLayer {
     public let registry: GroupRegistry
 
-    public init(processName: String = "memory", mailboxCapacity: Int = 1024) {
-        registry = GroupRegistry(processName: processName, mailboxCapacity: mailboxCapacity)
+    public init(processName: String = "memory") {
+        registry = GroupRegistry(processName: processName)
     }
-
-    public func newChannel() -> LocalChannel { registry.newChannel() }
 
     public func groupAdd(_ group: String, channel: any GroupMember) async throws {
         try await registry.add(group, channel, onFirstMember: {})
@@ -259,23 +181,5 @@ public final class InMemoryChannelLayer: ChannelLayer {
         var message = message
         message.group = group
         registry.dispatch(message, to: group)
-    }
-
-    public func send(toChannel name: String, message: ChannelMessage) async throws {
-        guard let id = ChannelNames.localID(of: name, inProcess: registry.processName) else { return }
-        _ = registry.deliver(message, toLocalID: id)
-    }
-}
-
-public enum ChannelNames {
-    /// `gateway-abc!42` → 42 when the process is `gateway-abc`.
-    public static func localID(of name: String, inProcess process: String) -> Int? {
-        guard let bang = name.lastIndex(of: "!"), name[..<bang] == process else { return nil }
-        return Int(name[name.index(after: bang)...])
-    }
-
-    public static func process(of name: String) -> String? {
-        guard let bang = name.lastIndex(of: "!") else { return nil }
-        return String(name[..<bang])
     }
 }

@@ -68,7 +68,7 @@ public struct ConsultRoom: Codable, Sendable, Equatable {
         self.readSeq = readSeq
     }
 
-    public var group: String { "consult:\(id)" }
+    public var group: String { ChatGroup.consult(id: id).key }
 
     public func hasParticipant(_ email: String, role: UserRole) -> Bool {
         switch role {

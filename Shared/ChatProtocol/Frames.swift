@@ -122,19 +122,11 @@ public struct StoredChatMessage: Codable, Sendable, Equatable {
         writer.field("message", text)
         writer.field("id", id)
         writer.field("seq", seq)
-        writer.field("room", GroupName.displayName(of: group))
+        writer.field("room", ChatGroup.displayName(ofKey: group))
         writer.field("time", Timestamp.iso8601(millis: createdAt))
         writer.field("sender_email", sender)
         writer.endObject()
         return writer.output
-    }
-}
-
-public enum GroupName {
-    /// `named:lobby` → `lobby`.
-    public static func displayName(of group: String) -> String {
-        if let colon = group.firstIndex(of: ":") { return String(group[group.index(after: colon)...]) }
-        return group
     }
 }
 

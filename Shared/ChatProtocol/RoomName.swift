@@ -33,20 +33,4 @@ public struct RoomName: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { value }
-
-    /// The AMQP routing key of this room's group on the `chat.groups` exchange. Routing keys are at most 255
-    /// bytes, and 100 characters of Hangul take 300, so long names are hashed; receivers dispatch on the
-    /// `x-room` header, never on the key, so a hash collision costs bandwidth, not correctness.
-    public var groupKey: String { Self.groupKey(for: "named:" + value) }
-
-    public static func groupKey(for group: String) -> String {
-        let utf8 = group.utf8
-        if utf8.count <= 200 { return group }
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x0000_0100_0000_01b3
-        }
-        return "h:" + String(hash, radix: 16) + ":\(utf8.count)"
-    }
 }

@@ -38,12 +38,24 @@ public enum ChatTopology {
     public static let historyQueue = "chat.persistence.history"
     public static let roomsQueue = "chat.rooms.requests"
 
+    /// The routing key of a group on ``groupsExchange``. Routing keys are at most 255 bytes, and 100
+    /// characters of Hangul take 300, so long names are hashed; receivers dispatch on the ``groupHeader``,
+    /// never on the key, so a hash collision costs bandwidth, not correctness.
+    public static func routingKey(forGroup group: String) -> String {
+        let utf8 = group.utf8
+        if utf8.count <= 200 { return group }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        return "h:" + String(hash, radix: 16) + ":\(utf8.count)"
+    }
+
     /// Header carrying the full group name (routing keys may be hashed).
     public static let groupHeader = "x-group"
     /// Header carrying the per-room sequence number of a broadcast, or the first one of a history reply.
     public static let seqHeader = "x-seq"
-    /// Header carrying the process-local channel of a direct `send`.
-    public static let channelHeader = "x-channel"
     public static let countHeader = "x-count"
     /// Header of a multi-room broadcast: one line per run, `<group>\t<first seq>\t<count>`, in body order.
     /// The message is published once with the first room's routing key and the others in `CC`.
@@ -54,98 +66,6 @@ public enum ChatTopology {
     /// gateways' delivery latency.
     public static let receivedAtHeader = "x-received-at"
 
-    /// Exclusive, auto-deleted queue of one gateway process: group broadcasts, direct sends and replies.
+    /// Exclusive, auto-deleted queue of one gateway process: group broadcasts, replies and membership events.
     public static func gatewayQueue(_ gatewayID: String) -> String { "chat.gateway." + gatewayID }
-}
-
-/// Requests to the room service (JSON on `chat.rooms.requests`).
-public struct RoomRequest: Codable, Sendable, Equatable {
-    public enum Operation: String, Codable, Sendable {
-        /// A socket joins a room: get-or-create the room, count the member; replies.
-        case join
-        /// A socket leaves; no reply.
-        case leave
-        /// A gateway's periodic snapshot of its members per room; no reply.
-        case heartbeat
-        /// How many members a room has; replies.
-        case members
-        /// Get-or-create the users and the consultation room of a (shop, visitor) pair; replies.
-        case consultCreate = "consult.create"
-        /// A consultation room by id; replies (`ok: false` with `notFound` when there is none).
-        case consultGet = "consult.get"
-        /// The consultation rooms of a user in a role, with the seq the user has read in each; replies.
-        case consultList = "consult.list"
-        /// A user has read a room up to a seq; replies.
-        case consultRead = "consult.read"
-    }
-    public var op: Operation
-    public var gateway: String
-    public var room: String?
-    /// For heartbeats: members per room on that gateway.
-    public var rooms: [String: Int]?
-    public var roomID: Int64?
-    public var shopUserEmail: String?
-    public var visitorUserEmail: String?
-    public var email: String?
-    public var role: UserRole?
-    public var seq: Int64?
-
-    public init(op: Operation, gateway: String, room: String? = nil, rooms: [String: Int]? = nil, roomID: Int64? = nil,
-                shopUserEmail: String? = nil, visitorUserEmail: String? = nil, email: String? = nil, role: UserRole? = nil,
-                seq: Int64? = nil) {
-        self.op = op
-        self.gateway = gateway
-        self.room = room
-        self.rooms = rooms
-        self.roomID = roomID
-        self.shopUserEmail = shopUserEmail
-        self.visitorUserEmail = visitorUserEmail
-        self.email = email
-        self.role = role
-        self.seq = seq
-    }
-}
-
-public struct RoomReply: Codable, Sendable, Equatable {
-    public var ok: Bool
-    public var error: String?
-    public var roomID: Int64?
-    public var room: String?
-    public var created: Bool?
-    public var members: Int?
-    public var notFound: Bool?
-    public var consultRoom: ConsultRoom?
-    public var consultRooms: [ConsultRoom]?
-
-    public init(ok: Bool, error: String? = nil, roomID: Int64? = nil, room: String? = nil, created: Bool? = nil, members: Int? = nil,
-                notFound: Bool? = nil, consultRoom: ConsultRoom? = nil, consultRooms: [ConsultRoom]? = nil) {
-        self.ok = ok
-        self.error = error
-        self.roomID = roomID
-        self.room = room
-        self.created = created
-        self.members = members
-        self.notFound = notFound
-        self.consultRoom = consultRoom
-        self.consultRooms = consultRooms
-    }
-}
-
-/// A history request to the persistence service. The reply's body is the frames, one per line, oldest
-/// first; its `x-seq` header is the first frame's seq (seqs are contiguous) and `x-count` their number.
-///
-/// With `summaries` set instead, it asks for each room's last message and unread count; the reply's body is
-/// a JSON array of ``RoomSummary``.
-public struct HistoryRequest: Codable, Sendable, Equatable {
-    public var group: String
-    public var limit: Int
-    public var beforeSeq: Int64?
-    public var summaries: [RoomSummaryQuery]?
-
-    public init(group: String, limit: Int, beforeSeq: Int64? = nil, summaries: [RoomSummaryQuery]? = nil) {
-        self.group = group
-        self.limit = limit
-        self.beforeSeq = beforeSeq
-        self.summaries = summaries
-    }
 }

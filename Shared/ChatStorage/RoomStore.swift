@@ -164,8 +164,4 @@ public final class RoomStore: Sendable {
         if let room { namedRooms.withLock { $0[key] = room } }
         return room
     }
-
-    public func count() async throws -> Int {
-        Int(try await database.query("SELECT COUNT(*) FROM chat_rooms", []).first?.first?.int ?? 0)
-    }
 }

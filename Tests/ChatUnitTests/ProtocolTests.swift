@@ -15,9 +15,52 @@ import Testing
 
     @Test func longNamesGetAShortStableRoutingKey() throws {
         let long = try RoomName(validating: String(repeating: "상", count: 100))
-        #expect(long.groupKey.utf8.count <= 255)
-        #expect(long.groupKey == (try RoomName(validating: String(repeating: "상", count: 100))).groupKey)
-        #expect(try RoomName(validating: "lobby").groupKey == "named:lobby")
+        #expect(ChatGroup.named(long).routingKey.utf8.count <= 255)
+        #expect(ChatGroup.named(long).routingKey == ChatGroup.named(try RoomName(validating: String(repeating: "상", count: 100))).routingKey)
+        #expect(ChatGroup.named(try RoomName(validating: "lobby")).routingKey == "named:lobby")
+    }
+}
+
+@Suite struct ChatGroupTests {
+    @Test func keysRoundTrip() throws {
+        let lobby = ChatGroup.named(try RoomName(validating: "lobby"))
+        #expect(lobby.key == "named:lobby" && lobby.displayName == "lobby")
+        #expect(ChatGroup(key: "named:lobby") == lobby)
+        #expect(ChatGroup(key: "consult:42") == .consult(id: 42))
+        #expect(ChatGroup.consult(id: 42).key == "consult:42")
+        #expect(ChatGroup.displayName(ofKey: "consult:42") == "42")
+    }
+
+    @Test(arguments: ["lobby", "named:", "named:a b", "consult:0", "consult:-1", "consult:x", "other:1", ""])
+    func refusesWhatIsNotARoom(_ key: String) throws {
+        #expect(ChatGroup(key: key) == nil)
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode(ChatGroup.self, from: Data("\"\(key)\"".utf8)) }
+    }
+
+    @Test func roomMessagesAreTypedOnTheWire() throws {
+        let requests: [RoomRequest] = [
+            .join(group: .named(try RoomName(validating: "상담실"))), .consultGet(id: 7),
+            .consultCreate(shop: try Email(validating: "s@example.com"), visitor: try Email(validating: "v@example.com")),
+            .consultList(email: try Email(validating: "v@example.com"), role: .visitor),
+            .consultRead(roomID: 7, email: try Email(validating: "v@example.com"), seq: 3),
+        ]
+        for request in requests {
+            #expect(try JSONDecoder().decode(RoomRequest.self, from: JSONEncoder().encode(request)) == request)
+        }
+        let replies: [RoomReply] = [.joined(roomID: 1, created: true), .notFound, .refused(reason: "no"), .readUpTo(seq: 4),
+                                    .consultRooms([ConsultRoom(id: 1, shopUserEmail: "s@x.io", visitorUserEmail: "v@x.io", createdAt: 5)])]
+        for reply in replies {
+            #expect(try JSONDecoder().decode(RoomReply.self, from: JSONEncoder().encode(reply)) == reply)
+        }
+        // What the old bag of optionals accepted, a join of a room that is no room, cannot be decoded now.
+        #expect(throws: DecodingError.self) {
+            try JSONDecoder().decode(RoomRequest.self, from: Data(#"{"join":{"group":"lobby"}}"#.utf8))
+        }
+        #expect(throws: ChatError.self) {
+            try JSONDecoder().decode(RoomRequest.self, from: Data(#"{"consultList":{"email":"not an email","role":"shop"}}"#.utf8))
+        }
+        let history = HistoryRequest.messages(group: "named:a", limit: 50, beforeSeq: nil)
+        #expect(try JSONDecoder().decode(HistoryRequest.self, from: JSONEncoder().encode(history)) == history)
     }
 }
 

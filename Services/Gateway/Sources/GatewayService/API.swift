@@ -104,9 +104,13 @@ struct API: Sendable {
         guard mine == identity.email else {
             throw Failure(.forbidden, "you can only open rooms you take part in as \(identity.role.rawValue) \(identity.email.value)")
         }
-        let reply = try await backend.createConsultRoom(shop: shop, visitor: visitor)
-        guard reply.ok, let room = reply.consultRoom else { throw Failure(.unprocessableContent, reply.error ?? "room not created") }
-        return Self.json(reply.created == true ? .created : .ok, Self.roomJSON(room, summary: nil))
+        let room: ConsultRoom, created: Bool
+        do {
+            (room, created) = try await backend.createConsultRoom(shop: shop, visitor: visitor)
+        } catch ChatError.invalidFrame(let reason) {
+            throw Failure(.unprocessableContent, reason)
+        }
+        return Self.json(created ? .created : .ok, Self.roomJSON(room, summary: nil))
     }
 
     func listRooms(_ request: Request) async throws -> Response {

@@ -123,7 +123,6 @@ final class ChatSocketHandler: ChannelInboundHandler {
         GatewayMetrics.socketsOpen.increment()
         let registry = services.backend.layer.registry
         let member = SocketMember(memberID: registry.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
-        registry.register(member)
         self.member = member
         let opener = SessionOpener(services: services, endpoint: endpoint, headers: head?.headers ?? [:], uri: head?.uri ?? "", member: member)
         head = nil
@@ -154,7 +153,6 @@ final class ChatSocketHandler: ChannelInboundHandler {
         services.limiter.leave()
         GatewayMetrics.socketsOpen.decrement()
         guard let member else { return }
-        services.backend.layer.registry.forget(member)
         if wasOpen, let session {
             GatewayMetrics.leaves.increment()
             let backend = services.backend
@@ -459,7 +457,7 @@ struct SessionOpener: Sendable {
     func open() async -> Outcome {
         let authenticator = services.authenticator
         let kind: OpenedSession.Kind
-        let group: String
+        let room: ChatGroup
         var identity: Identity? = nil
         switch endpoint {
         case .namedRoom(let rawRoom):
@@ -471,8 +469,7 @@ struct SessionOpener: Sendable {
                 }
             }
             do throws(ChatError) {
-                let room = try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom)
-                group = "named:" + room.value
+                room = .named(try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom))
                 kind = .named
             } catch {
                 return .refused(error.description, CloseCode.invalidRoom)
@@ -489,12 +486,12 @@ struct SessionOpener: Sendable {
                 return .refused("room id must be a positive integer", CloseCode.invalidRoom)
             }
             switch await services.backend.consultRoom(id: id) {
-            case .success(let room?):
-                guard room.hasParticipant(caller.email.value, role: caller.role) else {
+            case .success(let consultRoom?):
+                guard consultRoom.hasParticipant(caller.email.value, role: caller.role) else {
                     return .refused("you are not a participant of room \(id)", CloseCode.forbidden)
                 }
-                group = room.group
-                kind = .consult(room)
+                room = .consult(id: consultRoom.id)
+                kind = .consult(consultRoom)
             case .success(nil):
                 return .refused("room \(id) does not exist", CloseCode.notFound)
             case .failure:
@@ -504,9 +501,13 @@ struct SessionOpener: Sendable {
 
         let backend = services.backend
         let presenceEmail: String? = if case .consult = kind { identity?.email.value } else { nil }
+        let group = room.key
         do {
-            let reply = try await backend.join(group: group, email: presenceEmail)
-            guard reply.ok else { return .refused(reply.error ?? "cannot join room", CloseCode.invalidRoom) }
+            switch try await backend.join(group: room, email: presenceEmail) {
+            case .joined: break
+            case .refused(let reason): return .refused(reason, CloseCode.invalidRoom)
+            default: return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
+            }
         } catch {
             services.logger.warning("room service did not answer", metadata: ["error": "\(error)"])
             return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)

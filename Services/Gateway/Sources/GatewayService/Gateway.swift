@@ -25,8 +25,7 @@ public func buildApplication(_ configuration: GatewayConfiguration, logger: Logg
     let membership = Membership(expiry: configuration.gatewayExpiry)
     let gatewayID = configuration.gatewayID
     let decoder = JSONDecoder()
-    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID,
-                                 mailboxCapacity: configuration.mailboxCapacity, logger: logger) { body in
+    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, logger: logger) { body in
         // This gateway's own members are counted from its registry, which is never behind.
         if let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: body)), event.gateway != gatewayID {
             event.apply(to: membership)
@@ -123,13 +122,13 @@ final class GatewayBackend: Service {
     /// The presence frame of a room as this gateway sees it now: its own sockets and the other gateways'.
     func presenceFrame(_ group: String) -> String {
         let me = configuration.gatewayID
-        if group.hasPrefix("consult:") {
+        if case .consult = ChatGroup(key: group) {
             var online = Set(membership.online(in: group, excluding: me).keys)
             online.formUnion(localOnline.withLock { $0[group]?.keys.map { $0 } ?? [] })
             return PresenceFrame.consult(online: Array(online))
         }
         let count = layer.registry.memberCount(group) + membership.members(of: group, excluding: me)
-        return PresenceFrame.named(room: GroupName.displayName(of: group), count: count)
+        return PresenceFrame.named(room: ChatGroup.displayName(ofKey: group), count: count)
     }
 
     /// Declares what the gateway publishes to, so a message is queued durably even before its consumer starts.
@@ -150,14 +149,13 @@ final class GatewayBackend: Service {
 
     /// Asks the room service for the room (created on first use) and, once it is there, tells every instance
     /// that a socket joined (`email`: who, in a consultation room).
-    func join(group: String, email: String?) async throws -> RoomReply {
-        let reply = try await request(RoomRequest(op: .join, gateway: configuration.gatewayID, room: group), to: ChatTopology.roomsQueue)
-        let decoded = try decoder.decode(RoomReply.self, from: Data(buffer: reply.body))
-        if decoded.ok {
-            if let email { localOnline.withLock { $0[group, default: [:]][email, default: 0] += 1 } }
-            publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group, email: email))
+    func join(group: ChatGroup, email: String?) async throws -> RoomReply {
+        let reply = try await roomRequest(.join(group: group))
+        if case .joined = reply {
+            if let email { localOnline.withLock { $0[group.key, default: [:]][email, default: 0] += 1 } }
+            publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group.key, email: email))
         }
-        return decoded
+        return reply
     }
 
     func leave(group: String, email: String?) async {
@@ -173,7 +171,7 @@ final class GatewayBackend: Service {
 
     /// Stored frames of a room, oldest first, with the seq of the first.
     func history(group: String, limit: Int, beforeSeq: Int64? = nil) async throws -> (firstSeq: Int64?, frames: [ByteBuffer]) {
-        let reply = try await request(HistoryRequest(group: group, limit: limit, beforeSeq: beforeSeq), to: ChatTopology.historyQueue)
+        let reply = try await request(HistoryRequest.messages(group: group, limit: limit, beforeSeq: beforeSeq), to: ChatTopology.historyQueue)
         let count = Int(reply.properties.headers[ChatTopology.countHeader]?.intValue ?? 0)
         guard count > 0 else { return (nil, []) }
         return (reply.properties.headers[ChatTopology.seqHeader]?.intValue, FrameBatch.split(reply.body))
@@ -183,39 +181,51 @@ final class GatewayBackend: Service {
 
     func consultRoom(id: Int64) async -> Result<ConsultRoom?, any Error> {
         do {
-            let reply = try await roomRequest(RoomRequest(op: .consultGet, gateway: configuration.gatewayID, roomID: id))
-            if reply.notFound == true { return .success(nil) }
-            guard reply.ok, let room = reply.consultRoom else { return .failure(ChatError.unavailable(reply.error ?? "room service error")) }
-            return .success(room)
+            switch try await roomRequest(.consultGet(id: id)) {
+            case .consultRoom(let room, _): return .success(room)
+            case .notFound: return .success(nil)
+            case let other: return .failure(Self.unexpected(other))
+            }
         } catch {
             return .failure(error)
         }
     }
 
-    func createConsultRoom(shop: Email, visitor: Email) async throws -> RoomReply {
-        try await roomRequest(RoomRequest(op: .consultCreate, gateway: configuration.gatewayID,
-                                          shopUserEmail: shop.value, visitorUserEmail: visitor.value))
+    /// The pair's room and whether this call created it; a refused pair throws ``ChatError/invalidFrame(_:)``.
+    func createConsultRoom(shop: Email, visitor: Email) async throws -> (room: ConsultRoom, created: Bool) {
+        switch try await roomRequest(.consultCreate(shop: shop, visitor: visitor)) {
+        case .consultRoom(let room, let created): return (room, created)
+        case .refused(let reason): throw ChatError.invalidFrame(reason)
+        case let other: throw Self.unexpected(other)
+        }
     }
 
     func consultRooms(of identity: Identity) async throws -> [ConsultRoom] {
-        let reply = try await roomRequest(RoomRequest(op: .consultList, gateway: configuration.gatewayID,
-                                                      email: identity.email.value, role: identity.role))
-        guard reply.ok else { throw ChatError.unavailable(reply.error ?? "room service error") }
-        return reply.consultRooms ?? []
+        switch try await roomRequest(.consultList(email: identity.email, role: identity.role)) {
+        case .consultRooms(let rooms): return rooms
+        case let other: throw Self.unexpected(other)
+        }
     }
 
     func markRead(roomID: Int64, email: Email, seq: Int64) async throws -> Int64 {
-        let reply = try await roomRequest(RoomRequest(op: .consultRead, gateway: configuration.gatewayID, roomID: roomID,
-                                                      email: email.value, seq: seq))
-        guard reply.ok, let mark = reply.consultRoom?.readSeq else { throw ChatError.unavailable(reply.error ?? "room service error") }
-        return mark
+        switch try await roomRequest(.consultRead(roomID: roomID, email: email, seq: seq)) {
+        case .readUpTo(let mark): return mark
+        case let other: throw Self.unexpected(other)
+        }
     }
 
     /// Last message and unread count per room (persistence service).
     func summaries(_ queries: [RoomSummaryQuery]) async throws -> [RoomSummary] {
         if queries.isEmpty { return [] }
-        let reply = try await request(HistoryRequest(group: "", limit: 0, summaries: queries), to: ChatTopology.historyQueue)
+        let reply = try await request(HistoryRequest.summaries(queries), to: ChatTopology.historyQueue)
         return try decoder.decode([RoomSummary].self, from: Data(buffer: reply.body))
+    }
+
+    private static func unexpected(_ reply: RoomReply) -> ChatError {
+        switch reply {
+        case .refused(let reason), .failed(let reason): .unavailable(reason)
+        default: .unavailable("room service error")
+        }
     }
 
     private func roomRequest(_ request: RoomRequest) async throws -> RoomReply {
@@ -226,10 +236,6 @@ final class GatewayBackend: Service {
     private func request<Request: Encodable>(_ request: Request, to queue: String) async throws -> AMQPDelivery {
         try await layer.requester.request(routingKey: queue, body: ByteBuffer(bytes: try encoder.encode(request)),
                                           timeout: configuration.requestTimeout)
-    }
-
-    private func publish<Message: Encodable>(_ message: Message, to queue: String) async throws {
-        try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: ByteBuffer(bytes: try encoder.encode(message))))
     }
 }
 

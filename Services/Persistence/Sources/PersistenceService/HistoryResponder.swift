@@ -56,19 +56,20 @@ final class HistoryResponder: Service {
             return
         }
         do {
-            if let queries = request.summaries {
+            switch request {
+            case .summaries(let queries):
                 let body = try JSONEncoder().encode(try await store.summaries(queries))
                 if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)) { send(reply) }
-                return
+            case .messages(let group, let limit, let beforeSeq):
+                let limit = max(0, min(limit, Self.maxLimit))
+                let messages = limit == 0 ? [] : try await store.history(group: group, beforeSeq: beforeSeq, limit: limit)
+                let body = messages.map(\.clientFrame).joined(separator: "\n")
+                var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count))]
+                if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
+                if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) { send(reply) }
             }
-            let limit = max(0, min(request.limit, Self.maxLimit))
-            let messages = limit == 0 ? [] : try await store.history(group: request.group, beforeSeq: request.beforeSeq, limit: limit)
-            let body = messages.map(\.clientFrame).joined(separator: "\n")
-            var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count))]
-            if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
-            if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) { send(reply) }
         } catch {
-            logger.error("history request failed", metadata: ["error": "\(error)", "chat.room": "\(request.group)"])
+            logger.error("history request failed", metadata: ["error": "\(error)", "chat.request": "\(request)"])
         }
     }
 }

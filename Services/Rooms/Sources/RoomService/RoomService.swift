@@ -48,7 +48,7 @@ public func buildApplication(_ configuration: RoomConfiguration, logger: Logger)
     let store = RoomStore(database: database)
     let readiness = Readiness()
     let membership = Membership(expiry: configuration.gatewayExpiry)
-    let responder = RoomRequestResponder(connection: connection, store: store, membership: membership, readiness: readiness, logger: logger)
+    let responder = RoomRequestResponder(connection: connection, store: store, readiness: readiness, logger: logger)
     let listener = MembershipListener(connection: connection, membership: membership, instanceID: configuration.instanceID, logger: logger)
     let health = makeHealthServer(service: "rooms", host: configuration.healthHost, port: configuration.healthPort,
                                   connection: connection, readiness: readiness, logger: logger) { router in
@@ -113,16 +113,14 @@ struct MembershipExpiry: Service {
 final class RoomRequestResponder: Service {
     let connection: AMQPConnection
     let store: RoomStore
-    let membership: Membership
     let readiness: Readiness
     let logger: Logger
     let decoder = JSONDecoder()
     let encoder = JSONEncoder()
 
-    init(connection: AMQPConnection, store: RoomStore, membership: Membership, readiness: Readiness, logger: Logger) {
+    init(connection: AMQPConnection, store: RoomStore, readiness: Readiness, logger: Logger) {
         self.connection = connection
         self.store = store
-        self.membership = membership
         self.readiness = readiness
         var logger = logger
         logger[metadataKey: "amqp.queue"] = .string(ChatTopology.roomsQueue)
@@ -168,78 +166,40 @@ final class RoomRequestResponder: Service {
     func handle(_ delivery: AMQPDelivery) async {
         guard let request = try? decoder.decode(RoomRequest.self, from: Data(buffer: delivery.body)) else {
             Self.requests(op: "malformed").increment()
-            await reply(to: delivery, RoomReply(ok: false, error: "malformed request"))
+            await reply(to: delivery, .refused(reason: "malformed request"))
             return
         }
-        Self.requests(op: request.op.rawValue).increment()
-        switch request.op {
-        case .heartbeat, .leave:
-            // Membership comes from the fanout (``MembershipListener``); these are from gateways of an older release.
-            break
-        case .members:
-            await reply(to: delivery, RoomReply(ok: true, room: request.room, members: request.room.map { membership.members(of: $0) } ?? 0))
-        case .consultCreate, .consultGet, .consultList, .consultRead:
-            await handleConsultation(request, delivery)
-        case .join:
-            guard let group = request.room, group.hasPrefix("named:") || group.hasPrefix("consult:") else {
-                await reply(to: delivery, RoomReply(ok: false, error: "unknown room kind"))
-                return
-            }
-            if group.hasPrefix("consult:") {
-                // Consultation rooms exist before anyone joins; the gateway has checked the participant.
-                await reply(to: delivery, RoomReply(ok: true, room: group, members: membership.members(of: group)))
-                return
-            }
-            do {
-                let name = try RoomName(validating: GroupName.displayName(of: group))
-                let (room, created) = try await store.getOrCreate(kind: "named", name: name.value)
-                if created { logger.info("room created", metadata: ["chat.room": "\(name.value)", "chat.room_id": "\(room.id)"]) }
-                await reply(to: delivery, RoomReply(ok: true, roomID: room.id, room: name.value, created: created,
-                                                    members: membership.members(of: group)))
-            } catch let error as ChatError {
-                await reply(to: delivery, RoomReply(ok: false, error: error.description))
-            } catch {
-                logger.error("join failed", metadata: ["error": "\(error)", "chat.room": "\(group)"])
-                await reply(to: delivery, RoomReply(ok: false, error: "room service error"))
-            }
+        Self.requests(op: request.operation).increment()
+        do {
+            await reply(to: delivery, try await answer(request))
+        } catch let error as ChatError {
+            await reply(to: delivery, .refused(reason: error.description))
+        } catch {
+            logger.error("room request failed", metadata: ["error": "\(error)", "op": "\(request.operation)"])
+            await reply(to: delivery, .failed(reason: "room service error"))
         }
     }
 
-    func handleConsultation(_ request: RoomRequest, _ delivery: AMQPDelivery) async {
-        do {
-            switch request.op {
-            case .consultCreate:
-                let shop = try Email(validating: request.shopUserEmail ?? "")
-                let visitor = try Email(validating: request.visitorUserEmail ?? "")
-                let (room, created) = try await store.getOrCreateConsultRoom(shopEmail: shop.value, visitorEmail: visitor.value)
-                if created { logger.info("consultation room created", metadata: ["chat.room_id": "\(room.id)"]) }
-                await reply(to: delivery, RoomReply(ok: true, roomID: room.id, created: created, consultRoom: room))
-            case .consultGet:
-                guard let id = request.roomID, let room = try await store.consultRoom(id: id) else {
-                    await reply(to: delivery, RoomReply(ok: false, error: "room not found", notFound: true))
-                    return
-                }
-                await reply(to: delivery, RoomReply(ok: true, roomID: room.id, consultRoom: room))
-            case .consultList:
-                let email = try Email(validating: request.email ?? "")
-                let rooms = try await store.consultRooms(email: email.value, role: request.role ?? .visitor)
-                await reply(to: delivery, RoomReply(ok: true, consultRooms: rooms))
-            case .consultRead:
-                guard let id = request.roomID, let seq = request.seq, let email = request.email else {
-                    await reply(to: delivery, RoomReply(ok: false, error: "roomID, email and seq are required"))
-                    return
-                }
-                let mark = try await store.markRead(roomID: id, email: email, seq: seq)
-                await reply(to: delivery, RoomReply(ok: true, roomID: id, members: nil, consultRoom: ConsultRoom(
-                    id: id, shopUserEmail: "", visitorUserEmail: "", createdAt: 0, readSeq: mark)))
-            default:
-                break
-            }
-        } catch let error as ChatError {
-            await reply(to: delivery, RoomReply(ok: false, error: error.description))
-        } catch {
-            logger.error("consultation request failed", metadata: ["error": "\(error)", "op": "\(request.op.rawValue)"])
-            await reply(to: delivery, RoomReply(ok: false, error: "room service error"))
+    func answer(_ request: RoomRequest) async throws -> RoomReply {
+        switch request {
+        case .join(.consult):
+            // Consultation rooms exist before anyone joins; the gateway has checked the participant.
+            return .joined(roomID: nil, created: false)
+        case .join(.named(let name)):
+            let (room, created) = try await store.getOrCreate(kind: "named", name: name.value)
+            if created { logger.info("room created", metadata: ["chat.room": "\(name.value)", "chat.room_id": "\(room.id)"]) }
+            return .joined(roomID: room.id, created: created)
+        case .consultCreate(let shop, let visitor):
+            let (room, created) = try await store.getOrCreateConsultRoom(shopEmail: shop.value, visitorEmail: visitor.value)
+            if created { logger.info("consultation room created", metadata: ["chat.room_id": "\(room.id)"]) }
+            return .consultRoom(room: room, created: created)
+        case .consultGet(let id):
+            guard let room = try await store.consultRoom(id: id) else { return .notFound }
+            return .consultRoom(room: room, created: false)
+        case .consultList(let email, let role):
+            return .consultRooms(try await store.consultRooms(email: email.value, role: role))
+        case .consultRead(let roomID, let email, let seq):
+            return .readUpTo(seq: try await store.markRead(roomID: roomID, email: email.value, seq: seq))
         }
     }
 
