@@ -34,12 +34,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
 
     /// Declares the groups exchange and this process's queue.
     public func declareTopology() async throws {
-        try await connection.declareExchange(ChatTopology.groupsExchange, type: .direct, durable: true)
-        try await connection.declareQueue(queueName, durable: false, exclusive: true, autoDelete: true)
-        if onMembershipEvent != nil {
-            try await connection.declareExchange(ChatTopology.membershipExchange, type: .fanout, durable: true)
-            try await connection.bindQueue(queueName, exchange: ChatTopology.membershipExchange, routingKey: "")
-        }
+        try await ChatTopology.declare(.channelLayer(queue: queueName, membershipEvents: onMembershipEvent != nil), on: connection)
     }
 
     public func run() async throws {

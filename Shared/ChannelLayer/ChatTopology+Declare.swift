@@ -1,26 +1,93 @@
 import AMQPClient
 import ChatProtocol
 
-/// The durable part of the topology, declared the same way by every role that uses it (a declare with other
-/// arguments than the broker already has is refused, so there is one place that says them).
+/// The one source of what each role declares on the broker. A declare with other arguments than the broker
+/// already holds is refused at run time, so every exchange and queue is described here once, and each
+/// process declares its role's set before it publishes or consumes.
 extension ChatTopology {
-    /// `chat.inbound` and its partition queues (single active consumer each), bound by partition key. Gateways
-    /// declare them too, so a message is kept even while no persistence worker runs.
-    public static func declareInbound(on connection: AMQPConnection, partitions: Int) async throws {
-        try await connection.declareExchange(inboundExchange, type: .direct, durable: true)
-        for partition in 0..<partitions {
-            try await connection.declareQueue(partitionQueue(partition), durable: true,
-                                              arguments: ["x-single-active-consumer": .bool(true)])
-            try await connection.bindQueue(partitionQueue(partition), exchange: inboundExchange,
-                                           routingKey: partitionRoutingKey(partition))
+    /// An exchange, a queue or a binding, as declared.
+    public enum Declaration: Sendable, Hashable {
+        case exchange(String, AMQPExchangeType)
+        /// A queue: `durable` ones outlive the broker's restarts; `exclusive` ones go with their process.
+        case queue(String, durable: Bool, exclusive: Bool, singleActiveConsumer: Bool)
+        case binding(queue: String, exchange: String, routingKey: String)
+    }
+
+    /// What a process declares, by what it does.
+    public enum Role: Sendable, Hashable {
+        /// The channel layer of one process: the groups exchange, its exclusive queue and, when it keeps
+        /// presence, that queue bound to the membership fanout.
+        case channelLayer(queue: String, membershipEvents: Bool)
+        /// A gateway: its channel layer (with membership events), and everything it publishes to, so that a
+        /// message is kept durably even before its consumer starts.
+        case gateway(id: String, partitions: Int)
+        /// The persistence service's writer: the inbound partitions it consumes, the groups it broadcasts
+        /// to, and the dead-letter queue.
+        case persistenceWriter(partitions: Int)
+        /// One persistence worker's queue on the workers' heartbeat fanout.
+        case persistenceWorker(id: String)
+        /// The persistence service's history responder.
+        case historyResponder
+        /// The room service's request responder.
+        case roomsResponder
+        /// One room service instance's queue on the membership fanout.
+        case roomsInstance(id: String)
+    }
+
+    /// `chat.inbound` and its partition queues (single active consumer each, so one worker at a time keeps a
+    /// room's order), bound by partition key.
+    static func inbound(partitions: Int) -> [Declaration] {
+        [.exchange(inboundExchange, .direct)] + (0..<partitions).flatMap { partition in
+            [Declaration.queue(partitionQueue(partition), durable: true, exclusive: false, singleActiveConsumer: true),
+             .binding(queue: partitionQueue(partition), exchange: inboundExchange, routingKey: partitionRoutingKey(partition))]
         }
     }
 
-    /// The request queues of the persistence and room services, the groups exchange and the membership fanout.
-    public static func declareShared(on connection: AMQPConnection) async throws {
-        try await connection.declareExchange(groupsExchange, type: .direct, durable: true)
-        try await connection.declareExchange(membershipExchange, type: .fanout, durable: true)
-        try await connection.declareQueue(historyQueue, durable: true)
-        try await connection.declareQueue(roomsQueue, durable: true)
+    /// What every service shares: the request queues, the groups exchange and the membership fanout.
+    static let shared: [Declaration] = [
+        .exchange(groupsExchange, .direct), .exchange(membershipExchange, .fanout),
+        .queue(historyQueue, durable: true, exclusive: false, singleActiveConsumer: false),
+        .queue(roomsQueue, durable: true, exclusive: false, singleActiveConsumer: false),
+    ]
+
+    /// An exclusive queue of one process, bound to a fanout.
+    static func exclusiveQueue(_ queue: String, on fanout: String) -> [Declaration] {
+        [.exchange(fanout, .fanout), .queue(queue, durable: false, exclusive: true, singleActiveConsumer: false),
+         .binding(queue: queue, exchange: fanout, routingKey: "")]
+    }
+
+    /// Everything `role` declares, in the order it is declared (an exchange or queue before its bindings).
+    public static func declarations(for role: Role) -> [Declaration] {
+        switch role {
+        case .channelLayer(let queue, let membershipEvents):
+            membershipEvents
+                ? [.exchange(groupsExchange, .direct)] + exclusiveQueue(queue, on: membershipExchange)
+                : [.exchange(groupsExchange, .direct), .queue(queue, durable: false, exclusive: true, singleActiveConsumer: false)]
+        case .gateway(let id, let partitions):
+            declarations(for: .channelLayer(queue: gatewayQueue(id), membershipEvents: true)) + inbound(partitions: partitions) + shared
+        case .persistenceWriter(let partitions):
+            inbound(partitions: partitions) + shared + [.queue(deadLetterQueue, durable: true, exclusive: false, singleActiveConsumer: false)]
+        case .persistenceWorker(let id):
+            exclusiveQueue(workerQueue(id), on: workersExchange)
+        case .historyResponder, .roomsResponder:
+            shared
+        case .roomsInstance(let id):
+            shared + exclusiveQueue(roomsInstanceQueue(id), on: membershipExchange)
+        }
+    }
+
+    /// Declares `role`'s set on `connection`; the connection declares it again by itself after a reconnect.
+    public static func declare(_ role: Role, on connection: AMQPConnection) async throws {
+        for declaration in declarations(for: role) {
+            switch declaration {
+            case .exchange(let name, let type):
+                try await connection.declareExchange(name, type: type, durable: true)
+            case .queue(let name, let durable, let exclusive, let singleActiveConsumer):
+                try await connection.declareQueue(name, durable: durable, exclusive: exclusive, autoDelete: exclusive,
+                                                  arguments: singleActiveConsumer ? ["x-single-active-consumer": .bool(true)] : [:])
+            case .binding(let queue, let exchange, let routingKey):
+                try await connection.bindQueue(queue, exchange: exchange, routingKey: routingKey)
+            }
+        }
     }
 }

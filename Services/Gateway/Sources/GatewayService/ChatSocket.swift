@@ -75,13 +75,11 @@ final class SocketMember: GroupMember {
 ///
 /// Opening order, so that nothing is missed or doubled between history and live messages: the room is
 /// joined, the socket is added to the room's group (from then on every broadcast reaches ``deliver(_:)``,
-/// which holds it back), then history is read and written, then the held messages are written, skipping
-/// every seq the history already had.
+/// which ``ChatSession`` holds back), then history is read and written, then the held messages are written,
+/// skipping every seq the history already had.
 final class ChatSocketHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
-
-    enum Phase { case opening, live, closed }
 
     let services: SocketServices
     /// The upgrade request's head, until the opener has it (it holds every header: not kept per socket).
@@ -89,30 +87,26 @@ final class ChatSocketHandler: ChannelInboundHandler {
     let endpoint: SocketEndpoint
     var logger: Logger {
         var logger = services.logger
-        if let group = session?.group { logger[metadataKey: "chat.room"] = .string(group) }
+        if let group = room?.group { logger[metadataKey: "chat.room"] = .string(group) }
         return logger
     }
 
     private var context: ChannelHandlerContext?
     private var member: SocketMember?
-    private var phase = Phase.opening
-    private var session: OpenedSession?
-    /// Broadcasts held back while opening or while a gap is filled from history.
-    private var held: [ChannelMessage] = []
-    /// Client frames that arrived before the room was joined.
-    private var early: [ByteBuffer] = []
-    private var lastSeq: Int64?
-    private var fillingGap = false
+    /// The order of what is written (held broadcasts, kept client frames, gaps).
+    private var session: ChatSession
+    /// The room, once the socket is open.
+    private var room: OpenedSession?
+    private var finished = false
     /// Messages written while the socket was not writable (the client is not reading).
     private var writtenWhileBlocked = 0
-    /// The last presence frame written: the notifier's next one is skipped when it says the same.
-    private var lastPresence: ByteBuffer?
     private var closeSent = false
 
     init(services: SocketServices, endpoint: SocketEndpoint, head: HTTPRequestHead) {
         self.services = services
         self.endpoint = endpoint
         self.head = head
+        self.session = ChatSession(capacity: services.configuration.mailboxCapacity)
     }
 
     // MARK: Channel events
@@ -145,37 +139,20 @@ final class ChatSocketHandler: ChannelInboundHandler {
 
     /// Leaves the room once, whichever comes first: the channel closing or the handler leaving the pipeline.
     private func finish() {
-        guard phase != .closed else { return }
-        let wasOpen = session != nil
-        phase = .closed
-        held = []
-        early = []
+        guard !finished else { return }
+        finished = true
+        session.close()
         services.limiter.leave()
         GatewayMetrics.socketsOpen.decrement()
         guard let member else { return }
-        if wasOpen, let session {
-            GatewayMetrics.leaves.increment()
-            let backend = services.backend
-            Task {
-                try? await backend.layer.groupDiscard(session.group, channel: member)
-                await backend.leave(group: session.group, email: session.presenceEmail)
-            }
-        }
+        if let room { leave(room, member) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         switch frame.opcode {
         case .text:
-            let bytes = frame.unmaskedData
-            switch phase {
-            case .live: clientText(bytes)
-            case .opening:
-                if early.count < services.configuration.mailboxCapacity { early.append(bytes) } else {
-                    sendError("too many messages before the room was joined")
-                }
-            case .closed: break
-            }
+            session.clientFrame(frame.unmaskedData, emit: perform)
         case .binary:
             sendError("binary frames are not supported; send JSON text")
         case .ping:
@@ -225,104 +202,70 @@ final class ChatSocketHandler: ChannelInboundHandler {
     func opened(_ outcome: SessionOpener.Outcome) {
         switch outcome {
         case .refused(let text, let code):
-            guard phase == .opening else { return }
+            guard session.phase == .opening else { return }
             sendError(text)
             close(code, reason: String(text.prefix(100)))
-        case .opened(let session, let history, let historyFailed):
-            guard phase == .opening, context != nil else {
-                // The socket closed while it was opening: leave what was joined.
-                if let member {
-                    let backend = services.backend
-                    Task {
-                        try? await backend.layer.groupDiscard(session.group, channel: member)
-                        await backend.leave(group: session.group, email: session.presenceEmail)
-                    }
-                }
+        case .opened(let opened, let history, let historyFailed):
+            guard session.phase == .opening, context != nil else {
+                // The socket closed (or fell behind) while it was opening: leave what was joined.
+                if let member { leave(opened, member) }
                 return
             }
-            self.session = session
-            for frame in history.frames { write(frame) }
-            if let first = history.firstSeq { lastSeq = first + Int64(history.frames.count) - 1 }
-            if historyFailed { sendError("history unavailable") }
+            room = opened
             // Who is here, at once; later changes come from the ``PresenceNotifier`` at most once a second.
-            let presence = ByteBuffer(string: services.backend.presenceFrame(session.group))
-            lastPresence = presence
-            write(presence)
-            phase = .live
-            let held = self.held, early = self.early
-            self.held = []
-            self.early = []
-            deliver(held)
-            for bytes in early where phase == .live { clientText(bytes) }
+            let presence = ByteBuffer(string: services.backend.presenceFrame(opened.group))
+            session.opened(history: history.frames, firstSeq: history.firstSeq, historyFailed: historyFailed,
+                           presence: presence, emit: perform)
             context?.flush()
+        }
+    }
+
+    /// Leaves the room's group and tells the other services (once the socket has closed).
+    private func leave(_ room: OpenedSession, _ member: SocketMember) {
+        GatewayMetrics.leaves.increment()
+        let backend = services.backend
+        Task {
+            try? await backend.layer.groupDiscard(room.group, channel: member)
+            await backend.leave(group: room.group, email: room.presenceEmail)
+        }
+    }
+
+    /// Carries out what the session asks for.
+    private func perform(_ action: ChatSession.Action) {
+        switch action {
+        case .write(let frame): write(frame)
+        case .fillGap(let after, let before): fillGap(after: after, before: before)
+        case .clientFrame(let bytes): clientText(bytes)
+        case .error(let text): sendError(text)
+        case .disconnectSlow:
+            logger.warning("socket fell behind; disconnecting it")
+            close(CloseCode.slowConsumer, reason: "too slow")
         }
     }
 
     // MARK: Live messages
 
-    /// Writes broadcasts in seq order: a seq already written (history overlap, redelivery) is skipped; a gap
-    /// (missed while this gateway's queue was being re-created) is filled from history first.
+    /// Broadcasts for this socket's room, on its loop: written in seq order (see ``ChatSession``).
     func deliver(_ messages: [ChannelMessage]) {
-        guard phase == .live, !fillingGap else {
-            if phase != .closed { hold(messages) }
-            return
-        }
-        for (index, message) in messages.enumerated() {
-            if let seq = message.seq {
-                if let last = lastSeq, seq <= last { continue }
-                if let last = lastSeq, seq > last + 1 {
-                    fillGap(after: last, before: seq)
-                    hold(messages[index...])
-                    break
-                }
-                lastSeq = seq
-            } else if message.body.readableBytesView.starts(with: Self.presencePrefix) {
-                if message.body == lastPresence { continue }
-                lastPresence = message.body
-            }
-            write(message.body)
-        }
+        session.deliver(messages, emit: perform)
+        guard session.phase == .live else { return }
         context?.flush()
         if let channel = context?.channel, !channel.isWritable {
             writtenWhileBlocked += messages.count
-            if writtenWhileBlocked > services.configuration.mailboxCapacity {
-                logger.warning("socket fell behind; disconnecting it")
-                close(CloseCode.slowConsumer, reason: "too slow")
-            }
-        }
-    }
-
-    static let presencePrefix = Array(#"{"type":"presence""#.utf8)
-
-    private func hold(_ messages: some Collection<ChannelMessage>) {
-        held.append(contentsOf: messages)
-        if held.count > services.configuration.mailboxCapacity {
-            logger.warning("socket fell behind; disconnecting it")
-            held = []
-            close(CloseCode.slowConsumer, reason: "too slow")
+            if writtenWhileBlocked > services.configuration.mailboxCapacity { perform(.disconnectSlow) }
         }
     }
 
     private func fillGap(after last: Int64, before seq: Int64) {
-        guard let group = session?.group, let member else { return }
-        fillingGap = true
+        guard let group = room?.group, let member else { return }
         let backend = services.backend, handler = member.handler
         Task {
             let missing = try? await backend.history(group: group, limit: Int(min(seq - last - 1, 200)), beforeSeq: seq)
-            handler.eventLoop.execute { handler.value.gapFilled(missing, upTo: seq) }
+            handler.eventLoop.execute {
+                handler.value.session.gapFilled(missing, before: seq, emit: handler.value.perform)
+                handler.value.context?.flush()
+            }
         }
-    }
-
-    private func gapFilled(_ missing: (firstSeq: Int64?, frames: [ByteBuffer])?, upTo seq: Int64) {
-        guard phase == .live else { return }
-        if let missing, let first = missing.firstSeq, let last = lastSeq {
-            for (offset, frame) in missing.frames.enumerated() where first + Int64(offset) > last { write(frame) }
-        }
-        lastSeq = seq - 1
-        fillingGap = false
-        let held = self.held
-        self.held = []
-        deliver(held)
     }
 
     // MARK: Client frames
@@ -333,31 +276,31 @@ final class ChatSocketHandler: ChannelInboundHandler {
             sendError(ChatError.frameTooLarge(limit: limit).description)
             return
         }
-        guard let session else { return }
-        switch session.kind {
+        guard let room else { return }
+        switch room.kind {
         case .named:
             do throws(ChatError) {
                 let text = try ClientFrame.parseChatMessage(bytes.readableBytesView)
-                submit(text: text, sender: session.identity?.email)
+                submit(text: text, sender: room.identity?.email)
             } catch {
                 sendError(error.description)
             }
-        case .consult(let room):
+        case .consult(let consultRoom):
             do throws(ChatError) {
                 switch try ConsultClientFrame.parse(bytes.readableBytesView) {
                 case .message(let text, let sender, let shop, let visitor):
-                    guard shop.value == room.shopUserEmail, visitor.value == room.visitorUserEmail else {
-                        sendError("shop_user_email and visitor_user_email do not match room \(room.id)")
+                    guard shop.value == consultRoom.shopUserEmail, visitor.value == consultRoom.visitorUserEmail else {
+                        sendError("shop_user_email and visitor_user_email do not match room \(consultRoom.id)")
                         return
                     }
-                    guard let identity = session.identity else { return }
+                    guard let identity = room.identity else { return }
                     if let sender, sender != identity.email {
                         sendError("sender_email must be your own email (\(identity.email.value))")
                         return
                     }
                     submit(text: text, sender: identity.email)
                 case .read(let upToSeq):
-                    markRead(room: room, upTo: upToSeq)
+                    markRead(room: consultRoom, upTo: upToSeq)
                 }
             } catch {
                 sendError(error.description)
@@ -368,7 +311,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
     /// Hands a message to the persistence service without waiting for the broker; a message the broker does
     /// not take is reported to this socket with an error frame.
     private func submit(text: String, sender: Email?) {
-        guard let group = session?.group, let member else { return }
+        guard let group = room?.group, let member else { return }
         let message = InboundChatMessage(id: MessageID.timeOrdered(), group: group, sender: sender?.value, text: text,
                                          receivedAt: Timestamp.nowMillis())
         GatewayMetrics.messagesIn.increment()
@@ -380,7 +323,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
     }
 
     private func markRead(room: ConsultRoom, upTo seq: Int64) {
-        guard let identity = session?.identity, let member else { return }
+        guard let identity = self.room?.identity, let member else { return }
         let backend = services.backend, handler = member.handler
         Task {
             do {

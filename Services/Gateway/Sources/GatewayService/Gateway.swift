@@ -133,9 +133,7 @@ final class GatewayBackend: Service {
 
     /// Declares what the gateway publishes to, so a message is queued durably even before its consumer starts.
     func declareTopology() async throws {
-        try await layer.declareTopology()
-        try await ChatTopology.declareInbound(on: connection, partitions: configuration.partitions)
-        try await ChatTopology.declareShared(on: connection)
+        try await ChatTopology.declare(.gateway(id: configuration.gatewayID, partitions: configuration.partitions), on: connection)
     }
 
     /// Hands a client message to the persistence service. Messages from every socket of this gateway that arrive

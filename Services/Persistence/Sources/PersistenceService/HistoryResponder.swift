@@ -23,7 +23,7 @@ final class HistoryResponder: Service {
     }
 
     func run() async throws {
-        try await ChatTopology.declareShared(on: connection)
+        try await ChatTopology.declare(.historyResponder, on: connection)
         let consumer = connection.consume(queue: ChatTopology.historyQueue, prefetch: 256)
         // Answered concurrently (reads of the WAL reader connection): a burst of joins each asks for history.
         await withTaskGroup(of: Void.self) { group in

@@ -74,9 +74,7 @@ final class MessageWriter: Service {
             try await retryUntilDone("database", readiness: readiness, logger: logger) { try await store.migrate() }
             // AMQP operations wait for the connection (which retries by itself), so no timeout here.
             try await retryUntilDone("topology", readiness: readiness, logger: logger, attemptTimeout: nil) {
-                try await ChatTopology.declareInbound(on: connection, partitions: partitions)
-                try await ChatTopology.declareShared(on: connection)
-                try await connection.declareQueue(ChatTopology.deadLetterQueue, durable: true)
+                try await ChatTopology.declare(.persistenceWriter(partitions: partitions), on: connection)
             }
             if let writerLock, !writerLock.tryAcquire() {
                 logger.warning("another persistence process writes this SQLite database; standing by until it stops",

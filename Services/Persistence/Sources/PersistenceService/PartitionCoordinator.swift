@@ -33,9 +33,7 @@ final class PartitionCoordinator: Sendable {
         let queue = ChatTopology.workerQueue(me)
         while true {
             do {
-                try await connection.declareExchange(ChatTopology.workersExchange, type: .fanout, durable: true)
-                try await connection.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
-                try await connection.bindQueue(queue, exchange: ChatTopology.workersExchange, routingKey: "")
+                try await ChatTopology.declare(.persistenceWorker(id: me), on: connection)
                 break
             } catch {
                 logger.error("cannot declare the workers' exchange; retrying", metadata: ["error": "\(error)"])

@@ -73,9 +73,7 @@ struct MembershipListener: Service {
 
     func run() async throws {
         let queue = ChatTopology.roomsInstanceQueue(instanceID)
-        try await ChatTopology.declareShared(on: connection)
-        try await connection.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
-        try await connection.bindQueue(queue, exchange: ChatTopology.membershipExchange, routingKey: "")
+        try await ChatTopology.declare(.roomsInstance(id: instanceID), on: connection)
         let membership = self.membership, logger = self.logger
         let decoder = JSONDecoder()
         let (ended, end) = AsyncStream<Void>.makeStream()
@@ -134,7 +132,7 @@ final class RoomRequestResponder: Service {
         } catch {
             return  // shut down while waiting
         }
-        try await ChatTopology.declareShared(on: connection)
+        try await ChatTopology.declare(.roomsResponder, on: connection)
         logger.info("room service consuming")
         let consumer = connection.consume(queue: ChatTopology.roomsQueue, prefetch: 256)
         // Requests are answered concurrently (up to `maxConcurrent`): a burst of joins of new rooms (each an

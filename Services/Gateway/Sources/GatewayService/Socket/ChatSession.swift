@@ -1,0 +1,129 @@
+import ChannelLayer
+import NIOCore
+
+/// The order of one socket's frames, apart from NIO so that it is tested without a broker: the handler feeds it
+/// what happens (opened, broadcasts, client frames, a filled gap) and carries out the actions it emits.
+///
+/// - While the socket opens, broadcasts are held and client frames kept; once the history is written, the held
+///   broadcasts follow (skipping every seq the history had), then the kept client frames.
+/// - A seq already written (history overlap, a redelivery) is skipped; a gap (messages missed while the
+///   gateway's queue was re-created) is filled from history before anything after it is written.
+/// - More than `capacity` held broadcasts or kept client frames means the socket fell behind.
+///
+/// Actions are emitted through a closure rather than returned in an array: it runs for every socket of every
+/// broadcast.
+struct ChatSession {
+    enum Phase: Equatable { case opening, live, closed }
+
+    enum Action: Equatable {
+        /// Write this frame to the socket.
+        case write(ByteBuffer)
+        /// Read the stored messages with `after < seq < before` and hand them to ``ChatSession/gapFilled(_:before:emit:)``.
+        case fillGap(after: Int64, before: Int64)
+        /// Handle this client frame now (it arrived while the socket was opening).
+        case clientFrame(ByteBuffer)
+        /// Send an `{"error"}` frame.
+        case error(String)
+        /// The socket fell behind: close it (4008).
+        case disconnectSlow
+    }
+
+    let capacity: Int
+    private(set) var phase = Phase.opening
+    /// The seq of the last message written.
+    private(set) var lastSeq: Int64?
+    private var held: [ChannelMessage] = []
+    private var early: [ByteBuffer] = []
+    private var fillingGap = false
+    /// The last presence frame written: a presence frame that says the same again is skipped.
+    private var lastPresence: ByteBuffer?
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    /// A client frame: kept while opening (the room is not joined yet), handled at once when live.
+    mutating func clientFrame(_ bytes: ByteBuffer, emit: (Action) -> Void) {
+        switch phase {
+        case .live: emit(.clientFrame(bytes))
+        case .opening:
+            if early.count < capacity { early.append(bytes) } else { emit(.error("too many messages before the room was joined")) }
+        case .closed: break
+        }
+    }
+
+    /// The room is joined and its history read (`frames` oldest first, the first with seq `firstSeq`): writes
+    /// the history, then `presence`, then what was held and kept meanwhile.
+    mutating func opened(history frames: [ByteBuffer], firstSeq: Int64?, historyFailed: Bool, presence: ByteBuffer,
+                         emit: (Action) -> Void) {
+        guard phase == .opening else { return }
+        for frame in frames { emit(.write(frame)) }
+        if let firstSeq { lastSeq = firstSeq + Int64(frames.count) - 1 }
+        if historyFailed { emit(.error("history unavailable")) }
+        lastPresence = presence
+        emit(.write(presence))
+        phase = .live
+        let held = self.held, early = self.early
+        self.held = []
+        self.early = []
+        deliver(held, emit: emit)
+        for bytes in early where phase == .live { emit(.clientFrame(bytes)) }
+    }
+
+    /// Broadcasts, in the order the broker delivered them.
+    mutating func deliver(_ messages: [ChannelMessage], emit: (Action) -> Void) {
+        guard phase == .live, !fillingGap else {
+            if phase != .closed { hold(messages[...], emit: emit) }
+            return
+        }
+        for (index, message) in messages.enumerated() {
+            if let seq = message.seq {
+                if let last = lastSeq, seq <= last { continue }
+                if let last = lastSeq, seq > last + 1 {
+                    fillingGap = true
+                    emit(.fillGap(after: last, before: seq))
+                    hold(messages[index...], emit: emit)
+                    return
+                }
+                lastSeq = seq
+            } else if message.body.readableBytesView.starts(with: Self.presencePrefix) {
+                if message.body == lastPresence { continue }
+                lastPresence = message.body
+            }
+            emit(.write(message.body))
+        }
+    }
+
+    static let presencePrefix = Array(#"{"type":"presence""#.utf8)
+
+    /// The stored messages of a gap (nil when history did not answer: the gap stays, and the socket goes on
+    /// from `seq`), then what was held behind it.
+    mutating func gapFilled(_ missing: (firstSeq: Int64?, frames: [ByteBuffer])?, before seq: Int64, emit: (Action) -> Void) {
+        guard phase == .live, fillingGap else { return }
+        if let missing, let first = missing.firstSeq, let last = lastSeq {
+            for (offset, frame) in missing.frames.enumerated() where first + Int64(offset) > last && first + Int64(offset) < seq {
+                emit(.write(frame))
+            }
+        }
+        lastSeq = seq - 1
+        fillingGap = false
+        let held = self.held
+        self.held = []
+        deliver(held, emit: emit)
+    }
+
+    /// The socket closed: nothing more is written or kept.
+    mutating func close() {
+        phase = .closed
+        held = []
+        early = []
+    }
+
+    private mutating func hold(_ messages: ArraySlice<ChannelMessage>, emit: (Action) -> Void) {
+        held.append(contentsOf: messages)
+        if held.count > capacity {
+            close()
+            emit(.disconnectSlow)
+        }
+    }
+}
