@@ -189,6 +189,7 @@ let package = Package(
                 "ChatProtocol", "ChannelLayer", "ChatStorage", "GatewayService", "PersistenceService", "Presence", "RoomService", "ServiceKit",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             path: "Tests/ChatUnitTests",
             swiftSettings: swiftSettings

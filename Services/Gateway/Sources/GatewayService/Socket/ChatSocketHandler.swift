@@ -7,66 +7,6 @@ import NIOCore
 import NIOHTTP1
 import NIOWebSocket
 
-/// Close codes the gateway uses (docs/protocol.md). Each follows an `{"error"}` frame saying why.
-enum CloseCode {
-    /// The room name or id is invalid.
-    static let invalidRoom = WebSocketErrorCode.unknown(4400)
-    /// No token, or a token that is expired, malformed or badly signed.
-    static let unauthenticated = WebSocketErrorCode.unknown(4401)
-    /// The caller is not a participant of the room.
-    static let forbidden = WebSocketErrorCode.unknown(4403)
-    /// The room does not exist.
-    static let notFound = WebSocketErrorCode.unknown(4404)
-    /// The socket fell `CHAT_MAILBOX_CAPACITY` messages behind.
-    static let slowConsumer = WebSocketErrorCode.unknown(4008)
-    /// A service it needs (rooms, broker) did not answer: try again later.
-    static let tryAgainLater = WebSocketErrorCode.unknown(1013)
-}
-
-/// The two WebSocket endpoints, told apart by the upgrade request's path.
-enum SocketEndpoint: Sendable, Equatable {
-    /// `/ws/chat/<room>/`: the tutorial's named rooms (the name as it came, percent-encoded).
-    case namedRoom(rawRoom: String)
-    /// `/ws/room/<id>/messages`: a 1:1 consultation room.
-    case consultRoom(rawID: String)
-
-    init?(uri: String) {
-        let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        let parts = path.split(separator: "/")
-        if parts.count == 3, parts[0] == "ws", parts[1] == "chat" {
-            self = .namedRoom(rawRoom: String(parts[2]))
-        } else if parts.count == 4, parts[0] == "ws", parts[1] == "room", parts[3] == "messages" {
-            self = .consultRoom(rawID: String(parts[2]))
-        } else {
-            return nil
-        }
-    }
-}
-
-/// What every socket of the gateway shares.
-struct SocketServices: Sendable {
-    let backend: GatewayBackend
-    let authenticator: Authenticator
-    let limiter: ConnectionLimiter
-    let logger: Logger
-    var configuration: GatewayConfiguration { backend.configuration }
-}
-
-/// A socket as a member of its room's group: deliveries hop to the socket's event loop (one hop per loop per
-/// broadcast, see ``GroupRegistry/dispatch(_:to:)-([ChannelMessage],_)``) and are written there.
-final class SocketMember: GroupMember {
-    let memberID: Int
-    let handler: NIOLoopBound<ChatSocketHandler>
-
-    init(memberID: Int, handler: NIOLoopBound<ChatSocketHandler>) {
-        self.memberID = memberID
-        self.handler = handler
-    }
-
-    var deliveryLoop: (any EventLoop)? { handler.eventLoop }
-    func deliver(_ messages: [ChannelMessage]) { handler.value.deliver(messages) }
-}
-
 /// One WebSocket of the gateway: the last handler of its channel's pipeline, after NIO's frame decoder and
 /// encoder and the fragment aggregator. There is no task, async stream or buffer per socket once it is open:
 /// an idle socket costs its channel, its pipeline and this object, and a broadcast is written to it straight
@@ -115,7 +55,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         self.context = context
         services.limiter.enter()
         GatewayMetrics.socketsOpen.increment()
-        let registry = services.backend.layer.registry
+        let registry = services.backend.broker.registry
         let member = SocketMember(memberID: registry.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
         self.member = member
         let opener = SessionOpener(services: services, endpoint: endpoint, headers: head?.headers ?? [:], uri: head?.uri ?? "", member: member)
@@ -225,7 +165,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         GatewayMetrics.leaves.increment()
         let backend = services.backend
         Task {
-            try? await backend.layer.groupDiscard(room.group, channel: member)
+            try? await backend.broker.groupDiscard(room.group, channel: member)
             await backend.leave(group: room.group, email: room.presenceEmail)
         }
     }
@@ -334,7 +274,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
                 writer.field("reader_email", identity.email.value)
                 writer.field("up_to_seq", mark)
                 writer.endObject()
-                try await backend.layer.groupSend(room.group, message: ChannelMessage(body: ByteBuffer(string: writer.output)))
+                try await backend.broker.groupSend(room.group, message: ChannelMessage(body: ByteBuffer(string: writer.output)))
             } catch {
                 handler.eventLoop.execute { handler.value.sendError("read receipt not recorded, try again") }
             }
@@ -363,113 +303,5 @@ final class ChatSocketHandler: ChannelInboundHandler {
         data.writeString(reason)
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
             .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
-    }
-}
-
-/// A socket's room once it is open.
-struct OpenedSession: Sendable {
-    enum Kind: Sendable {
-        case named
-        case consult(ConsultRoom)
-    }
-    let kind: Kind
-    let group: String
-    let identity: Identity?
-
-    /// Who this socket is in the room's presence: the participant's email in a consultation room; named
-    /// rooms count sockets only.
-    var presenceEmail: String? {
-        if case .consult = kind { identity?.email.value } else { nil }
-    }
-}
-
-/// The asynchronous part of opening a socket: who it is, which room, joining the room (room service) and its
-/// group (broker binding), and the room's history (persistence service).
-struct SessionOpener: Sendable {
-    enum Outcome: Sendable {
-        case refused(String, WebSocketErrorCode)
-        case opened(OpenedSession, history: (firstSeq: Int64?, frames: [ByteBuffer]), historyFailed: Bool)
-    }
-
-    let services: SocketServices
-    let endpoint: SocketEndpoint
-    let headers: HTTPHeaders
-    let uri: String
-    let member: SocketMember
-
-    func open() async -> Outcome {
-        let authenticator = services.authenticator
-        let kind: OpenedSession.Kind
-        let room: ChatGroup
-        var identity: Identity? = nil
-        switch endpoint {
-        case .namedRoom(let rawRoom):
-            do throws(AuthError) {
-                identity = try await authenticator.identify(headers: headers, uri: uri)
-            } catch {
-                if !services.configuration.allowAnonymous || error != .missing {
-                    return .refused(error.description, CloseCode.unauthenticated)
-                }
-            }
-            do throws(ChatError) {
-                room = .named(try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom))
-                kind = .named
-            } catch {
-                return .refused(error.description, CloseCode.invalidRoom)
-            }
-        case .consultRoom(let rawID):
-            let caller: Identity
-            do throws(AuthError) {
-                caller = try await authenticator.identify(headers: headers, uri: uri)
-            } catch {
-                return .refused(error.description, CloseCode.unauthenticated)
-            }
-            identity = caller
-            guard let id = Int64(rawID), id > 0 else {
-                return .refused("room id must be a positive integer", CloseCode.invalidRoom)
-            }
-            switch await services.backend.consultRoom(id: id) {
-            case .success(let consultRoom?):
-                guard consultRoom.hasParticipant(caller.email.value, role: caller.role) else {
-                    return .refused("you are not a participant of room \(id)", CloseCode.forbidden)
-                }
-                room = .consult(id: consultRoom.id)
-                kind = .consult(consultRoom)
-            case .success(nil):
-                return .refused("room \(id) does not exist", CloseCode.notFound)
-            case .failure:
-                return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
-            }
-        }
-
-        let backend = services.backend
-        let presenceEmail: String? = if case .consult = kind { identity?.email.value } else { nil }
-        let group = room.key
-        do {
-            switch try await backend.join(group: room, email: presenceEmail) {
-            case .joined: break
-            case .refused(let reason): return .refused(reason, CloseCode.invalidRoom)
-            default: return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
-            }
-        } catch {
-            services.logger.warning("room service did not answer", metadata: ["error": "\(error)"])
-            return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
-        }
-        do {
-            try await backend.layer.groupAdd(group, channel: member)
-        } catch {
-            services.logger.warning("could not join the room's group", metadata: ["error": "\(error)"])
-            await backend.leave(group: group, email: presenceEmail)
-            return .refused("broker unavailable, try again later", CloseCode.tryAgainLater)
-        }
-        GatewayMetrics.joins.increment()
-        let session = OpenedSession(kind: kind, group: group, identity: identity)
-        do {
-            let history = try await backend.history(group: group, limit: services.configuration.historyLimit)
-            return .opened(session, history: history, historyFailed: false)
-        } catch {
-            services.logger.warning("history unavailable", metadata: ["error": "\(error)", "chat.room": "\(group)"])
-            return .opened(session, history: (nil, []), historyFailed: true)
-        }
     }
 }

@@ -1,0 +1,95 @@
+import AMQPClient
+import ChannelLayer
+import ChatProtocol
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOPosix
+import Presence
+import ServiceKit
+import ServiceLifecycle
+import Synchronization
+
+/// Builds the gateway: its broker connection, its channel layer (one exclusive queue for this process),
+/// the heartbeat to the room service, and the HTTP + WebSocket server.
+public func buildApplication(_ configuration: GatewayConfiguration, logger: Logger) async throws -> ServiceApplication {
+    var logger = logger
+    logger[metadataKey: "chat.gateway"] = .string(configuration.gatewayID)
+    GatewayMetrics.register()
+    let connection = AMQPConnection(
+        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "gateway-\(configuration.gatewayID)"),
+        logger: logger)
+    // Every gateway's joins, leaves and heartbeats, for the presence counts of this gateway's rooms.
+    let membership = Membership(expiry: configuration.gatewayExpiry)
+    let gatewayID = configuration.gatewayID
+    let decoder = JSONDecoder()
+    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, logger: logger) { body in
+        // This gateway's own members are counted from its registry, which is never behind.
+        if let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: body)), event.gateway != gatewayID {
+            event.apply(to: membership)
+        }
+    }
+    let broker = AMQPGatewayBroker(layer: layer, gatewayID: configuration.gatewayID, partitions: configuration.partitions)
+    let backend = GatewayBackend(configuration: configuration, broker: broker, membership: membership, logger: logger)
+    guard configuration.jwtSecret.utf8.count >= 32 else {
+        throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
+    }
+    let authenticator = await Authenticator(secret: configuration.jwtSecret)
+    if configuration.devTokens {
+        logger.warning("CHAT_DEV_TOKENS is on: POST /api/dev/token mints tokens for anyone (development only)")
+    }
+    let server = makeServer(configuration: configuration, backend: backend, authenticator: authenticator, connection: connection, logger: logger)
+    return ServiceApplication(services: [connection, backend, layer, PresenceNotifier(backend: backend), server,
+                                         MemoryTrimmer(interval: configuration.mallocTrimInterval)],
+                              logger: logger)
+}
+
+func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, authenticator: Authenticator,
+                connection: AMQPConnection, logger: Logger) -> some Service {
+    let origins = OriginPolicy(allowed: configuration.allowedOrigins)
+    let limiter = ConnectionLimiter(maximum: configuration.maxConnections ?? ConnectionLimiter.defaultMaximum())
+    logger.info("WebSocket limit", metadata: ["chat.max_connections": "\(limiter.maximum)"])
+    let router = Router()
+    router.add(middleware: RequestLogMiddleware())
+    HealthRoutes.add(to: router, service: "gateway", connection: connection)
+    addRoutes(to: router, configuration: configuration, backend: backend, authenticator: authenticator, origins: origins)
+
+    let sockets = SocketServices(backend: backend, authenticator: authenticator, limiter: limiter, logger: logger)
+    return Application(
+        router: router,
+        server: HTTPServerBuilder { responder in
+            ChatServerChannel(responder: responder, sockets: sockets, policy: origins)
+        },
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "swift-chat"),
+        eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)),
+        logger: logger)
+}
+
+/// The gateway's HTTP routes past health and metrics: the pages, the REST API and the WebSocket paths' answer
+/// to a request that is not (or may not be) upgraded. Shared by the server and the router tests.
+func addRoutes<Context: RequestContext>(to router: Router<Context>, configuration: GatewayConfiguration, backend: GatewayBackend,
+                                        authenticator: Authenticator, origins: OriginPolicy) {
+    Pages.add(to: router)
+    API(backend: backend, authenticator: authenticator, configuration: configuration).add(to: router)
+    // A WebSocket upgrade from a foreign Origin is not upgraded; it falls through to these routes, which say 403.
+    for path in ["/ws/chat/:room", "/ws/room/:id/messages"] {
+        router.get(RouterPath(path)) { request, _ -> Response in
+            if !origins.allows(request.headers[.origin]) {
+                return API.error(.forbidden, "origin not allowed")
+            }
+            return API.error(.upgradeRequired, "this is a WebSocket endpoint")
+        }
+    }
+}
+
+public enum GatewayConfigurationError: Error, CustomStringConvertible {
+    case jwtSecretTooShort(Int)
+
+    public var description: String {
+        switch self {
+        case .jwtSecretTooShort(let bytes): "CHAT_JWT_SECRET must be at least 32 bytes for HS256 (it has \(bytes))"
+        }
+    }
+}
