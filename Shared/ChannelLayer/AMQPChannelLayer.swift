@@ -14,18 +14,22 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     public let connection: AMQPConnection
     public let registry: GroupRegistry
     public let requester: AMQPRequester
-    public var queueName: String { registry.processName }
+    /// This process's queue, `chat.gateway.<id>`.
+    public let queueName: String
     let logger: Logger
     /// When set, this process's queue is bound to the membership fanout too, and its events go here (on the
     /// connection's thread) instead of to the groups.
     let onMembershipEvent: (@Sendable (ByteBuffer) -> Void)?
 
-    public init(connection: AMQPConnection, processID: String, logger: Logger,
+    /// `registry` holds this process's members of groups (made by the caller when something else, presence,
+    /// reads it too).
+    public init(connection: AMQPConnection, processID: String, registry: GroupRegistry = GroupRegistry(), logger: Logger,
                 onMembershipEvent: (@Sendable (ByteBuffer) -> Void)? = nil) {
         self.connection = connection
         self.onMembershipEvent = onMembershipEvent
         let queue = ChatTopology.gatewayQueue(processID)
-        self.registry = GroupRegistry(processName: queue)
+        self.queueName = queue
+        self.registry = registry
         self.requester = AMQPRequester(connection: connection, replyQueue: queue)
         var logger = logger
         logger[metadataKey: "amqp.queue"] = .string(queue)

@@ -46,11 +46,7 @@ public final class GroupRegistry: Sendable {
         var nextID = 1
     }
     private let state = Mutex(State())
-    public let processName: String
-
-    public init(processName: String) {
-        self.processName = processName
-    }
+    public init() {}
 
     /// A new member id, unique in this process.
     public func allocateID() -> Int {
@@ -165,8 +161,8 @@ public final class GroupRegistry: Sendable {
 public final class InMemoryChannelLayer: ChannelLayer {
     public let registry: GroupRegistry
 
-    public init(processName: String = "memory") {
-        registry = GroupRegistry(processName: processName)
+    public init(registry: GroupRegistry = GroupRegistry()) {
+        self.registry = registry
     }
 
     public func groupAdd(_ group: String, channel: any GroupMember) async throws {

@@ -21,7 +21,7 @@ import Testing
     }
 
     @Test func bindingsAreReferenceCountedAndOrderedPerGroup() async throws {
-        let registry = GroupRegistry(processName: "p")
+        let registry = GroupRegistry()
         let events = EventLog()
         let channels = (0..<100).map { Mailbox(id: $0) }
         await withTaskGroup(of: Void.self) { group in

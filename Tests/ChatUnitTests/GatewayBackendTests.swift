@@ -12,8 +12,9 @@ import Testing
         let broker = InMemoryGatewayBroker { _, _ in
             BrokerReply(headers: [:], body: ByteBuffer(bytes: try JSONEncoder().encode(RoomReply.joined(roomID: nil, created: false))))
         }
-        let backend = GatewayBackend(configuration: GatewayConfiguration(gatewayID: gatewayID), broker: broker,
-                                     membership: Membership(expiry: .seconds(15)), logger: Logger(label: "test"))
+        let presence = MembershipPresence(gatewayID: gatewayID, registry: broker.registry, expiry: .seconds(15))
+        let backend = GatewayBackend(configuration: GatewayConfiguration(gatewayID: gatewayID), broker: broker, presence: presence,
+                                     logger: Logger(label: "test"))
         return (backend, broker)
     }
 
@@ -26,7 +27,7 @@ import Testing
         let group = ChatGroup.consult(id: 9)
         #expect(try await backend.join(group: group, email: "v@example.com") == .joined(roomID: nil, created: false))
         // Another gateway's participant, as the membership fanout brings it.
-        MembershipEvent(kind: .join, gateway: "g2", room: group.key, email: "s@example.com").apply(to: backend.membership)
+        backend.presence.apply(MembershipEvent(kind: .join, gateway: "g2", room: group.key, email: "s@example.com"))
         #expect(backend.presenceFrame(group.key) == #"{"type":"presence","online":["s@example.com","v@example.com"]}"#)
         await backend.leave(group: group.key, email: "v@example.com")
         #expect(backend.presenceFrame(group.key) == #"{"type":"presence","online":["s@example.com"]}"#)
@@ -39,9 +40,10 @@ import Testing
         let group = "named:lobby"
         let local = (0..<2).map { Mailbox(id: $0) }
         for member in local { try await broker.groupAdd(group, channel: member) }
-        MembershipEvent(kind: .heartbeat, gateway: "g2", rooms: [group: 3]).apply(to: backend.membership)
-        MembershipEvent(kind: .heartbeat, gateway: "g1", rooms: [group: 99]).apply(to: backend.membership)  // its own echo: not counted twice
+        backend.presence.apply(MembershipEvent(kind: .heartbeat, gateway: "g2", rooms: [group: 3]))
+        backend.presence.apply(MembershipEvent(kind: .heartbeat, gateway: "g1", rooms: [group: 99]))  // its own echo: not counted twice
         #expect(backend.presenceFrame(group) == #"{"type":"presence","room":"lobby","count":5}"#)
+        #expect(backend.presence.heartbeat(gateway: "g1").rooms == [group: 2])
     }
 
     @Test func aMessageIsHandedToPersistenceWithItsRoomAndSender() async throws {

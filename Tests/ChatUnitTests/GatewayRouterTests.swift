@@ -43,7 +43,8 @@ import ServiceKit
                     _ body: @escaping @Sendable (any TestClientProtocol, Authenticator) async throws -> Void) async throws {
         let configuration = GatewayConfiguration(maxBodyBytes: 1024)
         let broker = InMemoryGatewayBroker(respond: respond)
-        let backend = GatewayBackend(configuration: configuration, broker: broker, membership: Membership(expiry: .seconds(15)),
+        let backend = GatewayBackend(configuration: configuration, broker: broker,
+                                     presence: MembershipPresence(gatewayID: "g1", registry: broker.registry, expiry: .seconds(15)),
                                      logger: Logger(label: "test"))
         let authenticator = await Authenticator(secret: configuration.jwtSecret)
         let router = Router()
@@ -114,8 +115,10 @@ import ServiceKit
         // Never run: the health routes only read whether it is connected.
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "routes"),
                                         logger: Logger(label: "test"))
-        let backend = GatewayBackend(configuration: configuration, broker: InMemoryGatewayBroker(respond: Self.respond),
-                                     membership: Membership(expiry: .seconds(15)), logger: Logger(label: "test"))
+        let broker = InMemoryGatewayBroker(respond: Self.respond)
+        let backend = GatewayBackend(configuration: configuration, broker: broker,
+                                     presence: MembershipPresence(gatewayID: "g1", registry: broker.registry, expiry: .seconds(15)),
+                                     logger: Logger(label: "test"))
         let router = Router()
         HealthRoutes.add(to: router, service: "gateway", connection: connection)
         addRoutes(to: router, configuration: configuration, backend: backend, authenticator: await Authenticator(secret: configuration.jwtSecret),

@@ -21,18 +21,16 @@ public func buildApplication(_ configuration: GatewayConfiguration, logger: Logg
     let connection = AMQPConnection(
         configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "gateway-\(configuration.gatewayID)"),
         logger: logger)
-    // Every gateway's joins, leaves and heartbeats, for the presence counts of this gateway's rooms.
-    let membership = Membership(expiry: configuration.gatewayExpiry)
-    let gatewayID = configuration.gatewayID
+    // Every gateway's joins, leaves and heartbeats, for the presence counts of this gateway's rooms (its own named
+    // sockets are counted from the registry of its groups).
+    let registry = GroupRegistry()
+    let presence = MembershipPresence(gatewayID: configuration.gatewayID, registry: registry, expiry: configuration.gatewayExpiry)
     let decoder = JSONDecoder()
-    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, logger: logger) { body in
-        // This gateway's own members are counted from its registry, which is never behind.
-        if let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: body)), event.gateway != gatewayID {
-            event.apply(to: membership)
-        }
+    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, registry: registry, logger: logger) { body in
+        if let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: body)) { presence.apply(event) }
     }
     let broker = AMQPGatewayBroker(layer: layer, gatewayID: configuration.gatewayID, partitions: configuration.partitions)
-    let backend = GatewayBackend(configuration: configuration, broker: broker, membership: membership, logger: logger)
+    let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, logger: logger)
     guard configuration.jwtSecret.utf8.count >= 32 else {
         throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
     }

@@ -21,24 +21,20 @@ final class GatewayBackend: Service {
     let encoder = JSONEncoder()
     let decoder = JSONDecoder()
 
-    /// The other gateways' members (from the membership fanout).
-    let membership: Membership
-    /// This gateway's consultation sockets per room and email (their named sockets are the registry's counts).
-    let localOnline = Mutex<[String: [String: Int]]>([:])
+    /// Who is in which room, here and on the other gateways.
+    let presence: any PresenceManager
 
-    init(configuration: GatewayConfiguration, broker: any GatewayBroker, membership: Membership, logger: Logger) {
+    init(configuration: GatewayConfiguration, broker: any GatewayBroker, presence: any PresenceManager, logger: Logger) {
         self.configuration = configuration
         self.broker = broker
-        self.membership = membership
+        self.presence = presence
         self.logger = logger
     }
 
     func run() async throws {
         try await broker.declareTopology()
         repeat {
-            let heartbeat = MembershipEvent(kind: .heartbeat, gateway: configuration.gatewayID, rooms: broker.registry.memberCounts(),
-                                            online: localOnline.withLock { $0 })
-            publishMembership(heartbeat)
+            publishMembership(presence.heartbeat(gateway: configuration.gatewayID))
         } while await sleepUntilShutdown(for: configuration.heartbeatInterval)
         // Its sockets are closed by now (the server stops first): the others forget this gateway at once.
         publishMembership(MembershipEvent(kind: .stop, gateway: configuration.gatewayID))
@@ -53,16 +49,7 @@ final class GatewayBackend: Service {
     }
 
     /// The presence frame of a room as this gateway sees it now: its own sockets and the other gateways'.
-    func presenceFrame(_ group: String) -> String {
-        let me = configuration.gatewayID
-        if case .consult = ChatGroup(key: group) {
-            var online = Set(membership.online(in: group, excluding: me).keys)
-            online.formUnion(localOnline.withLock { $0[group]?.keys.map { $0 } ?? [] })
-            return PresenceFrame.consult(online: Array(online))
-        }
-        let count = broker.registry.memberCount(group) + membership.members(of: group, excluding: me)
-        return PresenceFrame.named(room: ChatGroup.displayName(ofKey: group), count: count)
-    }
+    func presenceFrame(_ group: String) -> String { presence.frame(for: group) }
 
     /// Hands a client message to the persistence service. Messages from every socket of this gateway that arrive
     /// together go out as one AMQP message (a JSON array), which is what keeps the broker's cost per chat
@@ -78,20 +65,14 @@ final class GatewayBackend: Service {
     func join(group: ChatGroup, email: String?) async throws -> RoomReply {
         let reply = try await roomRequest(.join(group: group))
         if case .joined = reply {
-            if let email { localOnline.withLock { $0[group.key, default: [:]][email, default: 0] += 1 } }
+            presence.joined(group.key, email: email)
             publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group.key, email: email))
         }
         return reply
     }
 
     func leave(group: String, email: String?) async {
-        if let email {
-            localOnline.withLock { online in
-                guard let count = online[group]?[email] else { return }
-                online[group]![email] = count > 1 ? count - 1 : nil
-                if online[group]!.isEmpty { online[group] = nil }
-            }
-        }
+        presence.left(group, email: email)
         publishMembership(MembershipEvent(kind: .leave, gateway: configuration.gatewayID, room: group, email: email))
     }
 

@@ -9,7 +9,7 @@ import Synchronization
 /// ``submitted`` and confirmed at once, membership events kept in ``membershipEvents``.
 final class InMemoryGatewayBroker: GatewayBroker {
     typealias Responder = @Sendable (_ queue: String, _ body: ByteBuffer) async throws -> BrokerReply
-    private let layer = InMemoryChannelLayer(processName: "memory")
+    private let layer = InMemoryChannelLayer()
     private let respond: Responder
     private let state = Mutex<(submitted: [InboundChatMessage], events: [ByteBuffer])>(([], []))
 

@@ -21,7 +21,7 @@ struct PresenceNotifier: Service {
     func run() async throws {
         var lastSent: [String: String] = [:]
         while await sleepUntilShutdown(for: .seconds(1)) {
-            for gateway in backend.membership.expire() {
+            for gateway in backend.presence.expire() {
                 backend.logger.info("gateway expired; its members leave the presence counts", metadata: ["chat.peer_gateway": "\(gateway)"])
             }
             let registry = backend.broker.registry
