@@ -115,6 +115,7 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"),
             ],
             path: "Services/Gateway/Sources/GatewayService",
+            resources: [.embedInCode("HTTP/Resources/consult.html")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
