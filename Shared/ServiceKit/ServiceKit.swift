@@ -109,22 +109,32 @@ public enum HealthRoutes {
     public static func add<Context: RequestContext>(to router: Router<Context>, service: String, connection: AMQPConnection,
                                                     readiness: Readiness = Readiness()) {
         Observability.addMetricsRoute(to: router)
-        router.get("/health") { _, _ -> Response in
-            json(.ok, "{\"status\":\"ok\",\"service\":\"\(service)\",\"amqp\":\(connection.isConnected)}")
+        router.get("/health") { _, _ in
+            HealthBody(status: "ok", service: service, amqp: connection.isConnected)
         }
-        router.get("/health/ready") { _, _ -> Response in
+        router.get("/health/ready") { _, _ in
             let up = connection.isConnected
             let waiting = readiness.waitingFor
-            let ready = up && waiting.isEmpty
-            let reasons = waiting.sorted { $0.key < $1.key }.map { "\(JSONWriter.quoted($0.key)):\(JSONWriter.quoted($0.value))" }
-            return json(ready ? .ok : .serviceUnavailable,
-                        "{\"ready\":\(ready),\"service\":\"\(service)\",\"amqp\":\(up),\"waiting\":{\(reasons.joined(separator: ","))}}")
+            let body = ReadinessBody(ready: up && waiting.isEmpty, service: service, amqp: up, waiting: waiting)
+            return EditedResponse(status: body.ready ? .ok : .serviceUnavailable, response: body)
         }
     }
 
-    public static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
-        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+    /// `GET /health`'s answer (docs/openapi.yaml's `Health`).
+    public struct HealthBody: ResponseEncodable {
+        public var status: String
+        public var service: String
+        public var amqp: Bool
     }
+
+    /// `GET /health/ready`'s answer: what the process still waits for, by part (`Readiness`).
+    public struct ReadinessBody: ResponseEncodable {
+        public var ready: Bool
+        public var service: String
+        public var amqp: Bool
+        public var waiting: [String: String]
+    }
+
 }
 
 import ServiceLifecycle

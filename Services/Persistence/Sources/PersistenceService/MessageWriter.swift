@@ -3,6 +3,7 @@ import ChannelLayer
 import ChatProtocol
 import ChatStorage
 import Foundation
+import Hummingbird
 import Logging
 import NIOCore
 import ServiceKit
@@ -338,14 +339,28 @@ final class MessageWriter: Service {
     var deadLetterCount: Int { state.withLock { $0.deadLetters } }
 
     /// `/stats`: this worker, the workers it sees, the partitions it owns and what it stored.
-    func statsJSON() -> String {
+    func stats() -> PersistenceStatsBody {
         let (owned, stored, byPartition, dead, batches) = state.withLock { s in
             (s.held.keys.sorted(), s.stored, s.storedByPartition, s.deadLetters, s.batches)
         }
-        let workers = coordinator.workers.map(JSONWriter.quoted).joined(separator: ",")
-        let partitions = byPartition.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
-        return "{\"worker\":\(JSONWriter.quoted(configuration.workerID)),\"workers\":[\(workers)],\"partitions\":\(configuration.partitions),"
-            + "\"owned\":[\(owned.map(String.init).joined(separator: ","))],\"stored\":\(stored),\"stored_by_partition\":{\(partitions)},"
-            + "\"dead_letters\":\(dead),\"batches\":\(batches)}"
+        return PersistenceStatsBody(worker: configuration.workerID, workers: coordinator.workers, partitions: configuration.partitions,
+                                    owned: owned, stored: stored, storedByPartition: Dictionary(uniqueKeysWithValues: byPartition.map { (String($0.key), $0.value) }),
+                                    deadLetters: dead, batches: batches)
+    }
+}
+
+/// `GET /stats` of a persistence worker: who it is, which partitions it owns, what it stored and dead-lettered.
+struct PersistenceStatsBody: ResponseEncodable {
+    var worker: String
+    var workers: [String]
+    var partitions: Int
+    var owned: [Int]
+    var stored: Int
+    var storedByPartition: [String: Int]
+    var deadLetters: Int
+    var batches: Int
+
+    enum CodingKeys: String, CodingKey {
+        case worker, workers, partitions, owned, stored, storedByPartition = "stored_by_partition", deadLetters = "dead_letters", batches
     }
 }

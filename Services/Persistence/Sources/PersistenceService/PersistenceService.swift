@@ -22,7 +22,7 @@ public func buildApplication(_ configuration: PersistenceConfiguration, logger: 
     let history = HistoryResponder(connection: connection, store: store, logger: logger)
     let health = makeHealthServer(service: "persistence", host: configuration.healthHost, port: configuration.healthPort,
                                   connection: connection, readiness: readiness, logger: logger) { router in
-        router.get("/stats") { _, _ -> Response in HealthRoutes.json(.ok, writer.statsJSON()) }
+        router.get("/stats") { _, _ in writer.stats() }
     }
     return ServiceApplication(services: [connection, database, writer, history, health], logger: logger)
 }

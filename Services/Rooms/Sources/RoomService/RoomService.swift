@@ -52,14 +52,19 @@ public func buildApplication(_ configuration: RoomConfiguration, logger: Logger)
     let listener = MembershipListener(connection: connection, membership: membership, instanceID: configuration.instanceID, logger: logger)
     let health = makeHealthServer(service: "rooms", host: configuration.healthHost, port: configuration.healthPort,
                                   connection: connection, readiness: readiness, logger: logger) { router in
-        router.get("/stats") { _, _ -> Response in
+        router.get("/stats") { _, _ in
             let snapshot = membership.snapshot()
-            let rooms = snapshot.rooms.map { "\(JSONWriter.quoted($0.key)):\($0.value)" }.joined(separator: ",")
-            return HealthRoutes.json(.ok, "{\"gateways\":\(snapshot.gateways),\"rooms\":{\(rooms)}}")
+            return RoomStatsBody(gateways: snapshot.gateways, rooms: snapshot.rooms)
         }
     }
     return ServiceApplication(services: [connection, database, listener, responder, MembershipExpiry(membership: membership, logger: logger),
                                          health], logger: logger)
+}
+
+/// `GET /stats` of the room service: the gateways heard from and the members per room across them.
+struct RoomStatsBody: ResponseEncodable {
+    var gateways: Int
+    var rooms: [String: Int]
 }
 
 /// Keeps this instance's ``Membership`` from the gateways' fanout, on a queue of its own (exclusive: it goes

@@ -75,9 +75,9 @@ func addRoutes<Context: RequestContext>(to router: Router<Context>, configuratio
     for path in ["/ws/chat/:room", "/ws/room/:id/messages"] {
         router.get(RouterPath(path)) { request, _ -> Response in
             if !origins.allows(request.headers[.origin]) {
-                return API.error(.forbidden, "origin not allowed")
+                throw APIError(.forbidden, "origin not allowed")
             }
-            return API.error(.upgradeRequired, "this is a WebSocket endpoint")
+            throw APIError(.upgradeRequired, "this is a WebSocket endpoint")
         }
     }
 }
