@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "Rooms", targets: ["Rooms"]),
         .executable(name: "LoadGenerator", targets: ["LoadGenerator"]),
         .executable(name: "BroadcastServer", targets: ["BroadcastServer"]),
+        .executable(name: "FrameEncoding", targets: ["FrameEncoding"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -166,6 +167,11 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             path: "Benchmarks/LoadGenerator"
+        ),
+        .executableTarget(
+            name: "FrameEncoding",
+            dependencies: ["ChatProtocol"],
+            path: "Benchmarks/FrameEncoding"
         ),
         .executableTarget(
             name: "BroadcastServer",
