@@ -248,9 +248,18 @@ final class MessageWriter: Service {
             logger.warning("dead letters", metadata: ["dead_letters.batch": "\(deadLetters.count)", "dead_letters.total": "\(deadLetterCount)"])
         }
 
-        // One broadcast per run of consecutive seqs of a room (usually one per room per batch), in seq order.
+        let broadcasts = Self.broadcasts(of: stored)
+        logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
+        return PendingAck(confirmation: connection.publishPipelined(broadcasts + deadLetters), deliveries: deliveries)
+    }
+
+    /// The broadcasts of a stored batch: one run per room of consecutive seqs (usually one per room per batch),
+    /// in seq order, and one AMQP message for up to `runsPerMessage` runs (routed to every gateway holding any
+    /// of their rooms, see ``AMQPChannelLayer/groupRunsMessage(_:receivedAt:)``), so that the broker's cost
+    /// follows batches, not rooms. Each carries when its runs' earliest message was received.
+    static func broadcasts(of stored: [StoredChatMessage], runsPerMessage: Int = 256) -> [AMQPOutgoingMessage] {
         var runs: [(group: String, first: Int64, frames: [String])] = []
-        var runEarliest: [Int64] = []  // when the earliest message of each run was received
+        var runEarliest: [Int64] = []
         var openRun: [String: Int] = [:]
         for message in stored {
             if let index = openRun[message.group], runs[index].first + Int64(runs[index].frames.count) == message.seq {
@@ -262,14 +271,10 @@ final class MessageWriter: Service {
                 runEarliest.append(message.createdAt)
             }
         }
-        // One AMQP message for up to 256 runs (routed to every gateway holding any of their rooms, see
-        // ``AMQPChannelLayer/groupRunsMessage(_:)``): the broker's cost follows batches, not rooms.
-        let broadcasts = stride(from: 0, to: runs.count, by: 256).map {
-            let chunk = $0..<min($0 + 256, runs.count)
+        return stride(from: 0, to: runs.count, by: runsPerMessage).map {
+            let chunk = $0..<min($0 + runsPerMessage, runs.count)
             return AMQPChannelLayer.groupRunsMessage(Array(runs[chunk]), receivedAt: runEarliest[chunk].min())
         }
-        logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
-        return PendingAck(confirmation: connection.publishPipelined(broadcasts + deadLetters), deliveries: deliveries)
     }
 
     /// Stores `messages` in order, as one transaction when it can. When the database is there but refuses the
