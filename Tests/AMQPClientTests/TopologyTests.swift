@@ -6,11 +6,12 @@ import Testing
 /// Every role's declarations from ``ChatTopology/declarations(for:)``, against the real broker: the roles agree
 /// with one another (a declare that differs from what the broker holds is refused), and drift is caught.
 @Suite(.serialized) struct TopologyTests {
-    static let roles: [ChatTopology.Role] = [
+    /// Every role, with fresh process ids (a process's exclusive queue belongs to its one connection).
+    static var roles: [ChatTopology.Role] { [
         .gateway(id: TestBroker.uniqueName("g"), partitions: 2), .persistenceWriter(partitions: 2),
         .persistenceWorker(id: TestBroker.uniqueName("w")), .historyResponder, .roomsResponder,
         .roomsInstance(id: TestBroker.uniqueName("r")), .channelLayer(queue: TestBroker.uniqueName("chat.gateway.t"), membershipEvents: false),
-    ]
+    ] }
 
     @Test func eachRoleDeclaresWhatItBindsBeforeItBindsIt() {
         for role in Self.roles {
@@ -29,7 +30,8 @@ import Testing
     @Test func everyRoleDeclaresOnTheBrokerAndTheRolesAgree() async throws {
         let first = await TestBroker.connect("topology-1"), second = await TestBroker.connect("topology-2")
         for role in Self.roles { try await ChatTopology.declare(role, on: first) }
-        // Again, on another connection and in the other order: what one role declared, the others declare alike.
+        // Again, as other processes on another connection and in the other order: what one role declared durably, the
+        // others declare alike.
         for role in Self.roles.reversed() { try await ChatTopology.declare(role, on: second) }
         let listing = try TestBroker.rabbitmqctl("list_queues", "name", "durable", "arguments")
         let partition = listing.split(separator: "\n").first { $0.hasPrefix(ChatTopology.partitionQueue(0) + "\t") }
