@@ -1,20 +1,20 @@
 import Foundation
 
 /// Where and how to reach the broker. Built from an `amqp://user:pass@host:port/vhost` URL.
-public struct AMQPConfiguration: Sendable, Equatable {
-    public var host: String
-    public var port: Int
-    public var user: String
-    public var password: String
-    public var virtualHost: String
+package struct AMQPConfiguration: Sendable, Equatable {
+    package var host: String
+    package var port: Int
+    package var user: String
+    package var password: String
+    package var virtualHost: String
     /// Heartbeat interval negotiated with the broker, in seconds (0 disables heartbeats).
-    public var heartbeatSeconds: Int
+    package var heartbeatSeconds: Int
     /// Connection name shown in the broker's management tools.
-    public var connectionName: String
+    package var connectionName: String
     /// Upper bound of the exponential reconnect backoff.
-    public var maxReconnectDelay: Duration
+    package var maxReconnectDelay: Duration
 
-    public init(
+    package init(
         host: String = "127.0.0.1",
         port: Int = 5672,
         user: String = "guest",
@@ -36,7 +36,7 @@ public struct AMQPConfiguration: Sendable, Equatable {
 
     /// Parses `amqp://user:pass@host:port/vhost`. An empty path means the vhost `/`;
     /// `%2F` in the path is the encoded `/`.
-    public init(url: String, connectionName: String = "swift-chat") throws(AMQPError) {
+    package init(url: String, connectionName: String = "swift-chat") throws(AMQPError) {
         guard let components = URLComponents(string: url), components.scheme == "amqp" else {
             throw AMQPError.invalidURL(url)
         }

@@ -19,8 +19,8 @@ import Glibc
 /// It is a swift-service-lifecycle `Service`: `run()` waits for graceful shutdown and then closes the
 /// connection, so list it first in a `ServiceGroup` (services shut down in reverse order) to keep it up
 /// while the parts that use it drain.
-public final class AMQPConnection: Service, Sendable {
-    public let configuration: AMQPConfiguration
+package final class AMQPConnection: Service, Sendable {
+    package let configuration: AMQPConfiguration
     let logger: Logger
     let shared: Mutex<SharedState>
     let connected: Atomic<Bool>
@@ -37,7 +37,7 @@ public final class AMQPConnection: Service, Sendable {
         var connectWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    public init(configuration: AMQPConfiguration, logger: Logger = Logger(label: "amqp")) {
+    package init(configuration: AMQPConfiguration, logger: Logger = Logger(label: "amqp")) {
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "amqp.host"] = "\(configuration.host):\(configuration.port)"
@@ -68,14 +68,14 @@ public final class AMQPConnection: Service, Sendable {
     }
 
     /// Whether the broker connection is up now (for readiness checks).
-    public var isConnected: Bool { connected.load(ordering: .acquiring) }
+    package var isConnected: Bool { connected.load(ordering: .acquiring) }
 
     /// How many times this connection has connected (1 after the first, more after reconnects).
-    public var connectCount: Int { connects.load(ordering: .relaxed) }
+    package var connectCount: Int { connects.load(ordering: .relaxed) }
     let connects = Atomic<Int>(0)
 
     /// Waits until the connection is up (or the connection is closed).
-    public func waitUntilConnected() async {
+    package func waitUntilConnected() async {
         if isConnected { return }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = shared.withLock { state -> Bool in
@@ -89,13 +89,13 @@ public final class AMQPConnection: Service, Sendable {
 
     // MARK: Service
 
-    public func run() async throws {
+    package func run() async throws {
         try? await gracefulShutdown()
         await self.close()
     }
 
     /// Closes the connection: pending publishes fail with ``AMQPError/closed``, consumers' streams finish.
-    public func close() async {
+    package func close() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = shared.withLock { state -> Bool in
                 if state.exited { return true }
@@ -109,7 +109,8 @@ public final class AMQPConnection: Service, Sendable {
 
     // MARK: Topology
 
-    public func declareExchange(_ name: String, type: AMQPExchangeType, durable: Bool = true, autoDelete: Bool = false,
+    /// Declares an exchange (and again after every reconnect).
+    package func declareExchange(_ name: String, type: AMQPExchangeType, durable: Bool = true, autoDelete: Bool = false,
                                 arguments: AMQPTable = [:]) async throws {
         let spec = ExchangeSpec(name: name, type: type, durable: durable, autoDelete: autoDelete, arguments: arguments)
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
@@ -118,7 +119,7 @@ public final class AMQPConnection: Service, Sendable {
     }
 
     /// Declares a named queue. Exclusive queues belong to this connection and are declared again after a reconnect.
-    public func declareQueue(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
+    package func declareQueue(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
                              arguments: AMQPTable = [:]) async throws {
         precondition(!name.isEmpty, "queues are named by their owner so that they can be declared again after a reconnect")
         let spec = QueueSpec(name: name, durable: durable, exclusive: exclusive, autoDelete: autoDelete, arguments: arguments)
@@ -127,27 +128,30 @@ public final class AMQPConnection: Service, Sendable {
         }
     }
 
-    public func deleteQueue(_ name: String) async throws {
+    /// Deletes a queue and forgets it, so that it is not declared again after a reconnect.
+    package func deleteQueue(_ name: String) async throws {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             enqueue(.deleteQueue(name, c))
         }
     }
 
     /// Returns the number of ready messages in a queue (a passive declare).
-    public func messageCount(queue: String) async throws -> Int {
+    package func messageCount(queue: String) async throws -> Int {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int, any Error>) in
             enqueue(.messageCount(queue, c))
         }
     }
 
-    public func bindQueue(_ queue: String, exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+    /// Binds a queue to an exchange (and again after every reconnect); returns once the broker has confirmed it.
+    package func bindQueue(_ queue: String, exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
         let spec = BindingSpec(queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments)
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             enqueue(.bind(spec, c))
         }
     }
 
-    public func unbindQueue(_ queue: String, exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+    /// Removes a binding, and forgets it for reconnects.
+    package func unbindQueue(_ queue: String, exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
         let spec = BindingSpec(queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments)
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             enqueue(.unbind(spec, c))
@@ -157,13 +161,13 @@ public final class AMQPConnection: Service, Sendable {
     // MARK: Publishing
 
     /// Publishes one message and returns once the broker has confirmed it (publisher confirms).
-    public func publish(_ message: AMQPOutgoingMessage) async throws {
+    package func publish(_ message: AMQPOutgoingMessage) async throws {
         try await publish([message])
     }
 
     /// Publishes messages back to back (pipelined) and returns once the broker has confirmed all of them.
     /// Throws if any is nacked, returned as unroutable (when mandatory), or the connection drops first.
-    public func publish(_ messages: [AMQPOutgoingMessage]) async throws {
+    package func publish(_ messages: [AMQPOutgoingMessage]) async throws {
         if messages.isEmpty { return }
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             enqueue(.publish(messages, c))
@@ -174,7 +178,7 @@ public final class AMQPConnection: Service, Sendable {
     /// confirmation to await later: a caller can publish message after message without waiting a broker
     /// round trip (and, for persistent messages, its disk sync) between them.
     @discardableResult
-    public func publishPipelined(_ messages: [AMQPOutgoingMessage], confirmation: AMQPConfirmation = AMQPConfirmation()) -> AMQPConfirmation {
+    package func publishPipelined(_ messages: [AMQPOutgoingMessage], confirmation: AMQPConfirmation = AMQPConfirmation()) -> AMQPConfirmation {
         if messages.isEmpty {
             confirmation.complete(.success(()))
         } else {
@@ -187,7 +191,7 @@ public final class AMQPConnection: Service, Sendable {
     /// messages (from many sockets) until then sends them as one batch, as large as the thread's backlog
     /// makes it, with no task or timer per batch. `produce` runs on the connection's thread, in order with
     /// the other publishes; it returns nil when there is nothing to send.
-    public func publishWhenReady(_ produce: @escaping @Sendable () -> AMQPProducedBatch?) {
+    package func publishWhenReady(_ produce: @escaping @Sendable () -> AMQPProducedBatch?) {
         enqueue(.publishProduced(produce))
     }
 
@@ -195,7 +199,7 @@ public final class AMQPConnection: Service, Sendable {
 
     /// Starts a consumer with manual acknowledgements (unless `autoAck`) and at most `prefetch` unacknowledged
     /// deliveries. The consumer survives reconnects; ending the iteration cancels it.
-    public func consume(queue: String, prefetch: UInt16 = 100, autoAck: Bool = false) -> AMQPConsumer {
+    package func consume(queue: String, prefetch: UInt16 = 100, autoAck: Bool = false) -> AMQPConsumer {
         let id = nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
         let (stream, continuation) = AsyncStream<[AMQPDelivery]>.makeStream(bufferingPolicy: .unbounded)
         let sink = ConsumerSink(deliver: { continuation.yield($0) }, finish: { continuation.finish() })
@@ -213,7 +217,7 @@ public final class AMQPConnection: Service, Sendable {
     /// the connection: heartbeats, confirms, every other consumer); it hands work on (to an event loop, a
     /// continuation) rather than doing it. `finished` is called once, when the consumer ends (cancelled, the
     /// connection closed, or refused by the broker). The consumer survives reconnects.
-    public func consume(queue: String, prefetch: UInt16 = 100, autoAck: Bool = false,
+    package func consume(queue: String, prefetch: UInt16 = 100, autoAck: Bool = false,
                         finished: @escaping @Sendable () -> Void = {},
                         deliver: @escaping @Sendable ([AMQPDelivery]) -> Void) -> AMQPConsumerHandle {
         let id = nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -255,11 +259,11 @@ public final class AMQPConnection: Service, Sendable {
 }
 
 /// Messages for ``AMQPConnection/publishWhenReady(_:)`` and the confirmation they complete.
-public struct AMQPProducedBatch: Sendable {
-    public var messages: [AMQPOutgoingMessage]
-    public var confirmation: AMQPConfirmation
+package struct AMQPProducedBatch: Sendable {
+    package var messages: [AMQPOutgoingMessage]
+    package var confirmation: AMQPConfirmation
 
-    public init(messages: [AMQPOutgoingMessage], confirmation: AMQPConfirmation) {
+    package init(messages: [AMQPOutgoingMessage], confirmation: AMQPConfirmation) {
         self.messages = messages
         self.confirmation = confirmation
     }
@@ -267,23 +271,23 @@ public struct AMQPProducedBatch: Sendable {
 
 /// The deliveries of one consumer, as an async sequence of single deliveries, or of the batches in which
 /// they were read off the socket (``batches``), which lets a consumer handle many in one go.
-public struct AMQPConsumer: AsyncSequence, Sendable {
-    public typealias Element = AMQPDelivery
+package struct AMQPConsumer: AsyncSequence, Sendable {
+    package typealias Element = AMQPDelivery
     let stream: AsyncStream<[AMQPDelivery]>
 
     /// Deliveries in the batches the connection read them in (never empty).
-    public var batches: AsyncStream<[AMQPDelivery]> { stream }
+    package var batches: AsyncStream<[AMQPDelivery]> { stream }
 
-    public func makeAsyncIterator() -> Iterator {
+    package func makeAsyncIterator() -> Iterator {
         Iterator(batches: stream.makeAsyncIterator())
     }
 
-    public struct Iterator: AsyncIteratorProtocol {
+    package struct Iterator: AsyncIteratorProtocol {
         var batches: AsyncStream<[AMQPDelivery]>.AsyncIterator
         var current: [AMQPDelivery] = []
         var index = 0
 
-        public mutating func next() async -> AMQPDelivery? {
+        package mutating func next() async -> AMQPDelivery? {
             while index >= current.count {
                 guard let batch = await batches.next() else { return nil }
                 current = batch
@@ -319,19 +323,19 @@ struct BindingSpec: Sendable, Hashable {
 }
 
 /// Stops a consumer started with ``AMQPConnection/consume(queue:prefetch:autoAck:finished:deliver:)``.
-public struct AMQPConsumerHandle: Sendable {
+package struct AMQPConsumerHandle: Sendable {
     let connection: AMQPConnection
     let id: Int
 
     /// Cancels the consumer; its `finished` runs once the worker has dropped it (or at once if the connection is gone).
-    public func cancel() {
+    package func cancel() {
         connection.enqueue(.cancelConsumer(id))
     }
 
     /// Cancels the consumer by closing its channel: the broker requeues every delivery not acknowledged yet,
     /// in its place in the queue, and acknowledgements of them sent later are dropped. For handing a queue
     /// over to another consumer (single active consumer) without it overtaking what this one still held.
-    public func release() {
+    package func release() {
         connection.enqueue(.releaseConsumer(id))
     }
 }
@@ -400,17 +404,17 @@ enum AMQPCommand: Sendable {
 }
 
 /// The broker's answer to a pipelined publish: await it with ``wait()`` (any number of times, from any task).
-public final class AMQPConfirmation: Sendable {
+package final class AMQPConfirmation: Sendable {
     private enum State {
         case pending([CheckedContinuation<Void, any Error>], [@Sendable (AMQPError) -> Void])
         case done(Result<Void, AMQPError>)
     }
     private let state = Mutex<State>(.pending([], []))
 
-    public init() {}
+    package init() {}
 
     /// Returns once every message was confirmed; throws if one was nacked, returned, or the connection dropped.
-    public func wait() async throws {
+    package func wait() async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let result = state.withLock { state -> Result<Void, AMQPError>? in
                 switch state {
@@ -428,7 +432,7 @@ public final class AMQPConfirmation: Sendable {
 
     /// Calls `callback` (on whichever thread completes the confirmation, or at once) if it fails: for callers
     /// that report a failure without waiting in a task.
-    public func onFailure(_ callback: @escaping @Sendable (AMQPError) -> Void) {
+    package func onFailure(_ callback: @escaping @Sendable (AMQPError) -> Void) {
         let result = state.withLock { state -> Result<Void, AMQPError>? in
             switch state {
             case .pending(let waiters, var callbacks):
@@ -443,7 +447,7 @@ public final class AMQPConfirmation: Sendable {
     }
 
     /// Completes it (the connection does; a caller may, for a message that never reached the connection).
-    public func complete(_ result: Result<Void, AMQPError>) {
+    package func complete(_ result: Result<Void, AMQPError>) {
         let (waiters, callbacks) = state.withLock { state -> ([CheckedContinuation<Void, any Error>], [@Sendable (AMQPError) -> Void]) in
             guard case .pending(let waiters, let callbacks) = state else { return ([], []) }
             state = .done(result)

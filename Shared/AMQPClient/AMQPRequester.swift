@@ -5,7 +5,7 @@ import Synchronization
 /// Request/reply over AMQP: publishes a request with `reply_to` = this process's queue and a fresh
 /// correlation id, and resumes the caller when the reply with that id arrives (or after a timeout).
 /// The owner of the reply queue hands every delivery with a correlation id to ``handleReply(_:)``.
-public final class AMQPRequester: Sendable {
+package final class AMQPRequester: Sendable {
     let connection: AMQPConnection
     let replyQueue: String
     /// A request's slot: open from before its publish, waiting once its caller's continuation is there, failed
@@ -18,14 +18,14 @@ public final class AMQPRequester: Sendable {
     private let pending = Mutex<[String: Slot]>([:])
     private let counter = Atomic<Int>(0)
 
-    public init(connection: AMQPConnection, replyQueue: String) {
+    package init(connection: AMQPConnection, replyQueue: String) {
         self.connection = connection
         self.replyQueue = replyQueue
     }
 
     /// Publishes a request and waits for its reply; throws ``AMQPError/timeout`` after `timeout`, and
     /// `CancellationError` at once when the caller is cancelled.
-    public func request(exchange: String = "", routingKey: String, body: ByteBuffer, timeout: Duration) async throws -> AMQPDelivery {
+    package func request(exchange: String = "", routingKey: String, body: ByteBuffer, timeout: Duration) async throws -> AMQPDelivery {
         let id = "\(replyQueue).\(counter.wrappingAdd(1, ordering: .relaxed).newValue)"
         let message = AMQPOutgoingMessage(
             exchange: exchange, routingKey: routingKey, body: body,
@@ -69,14 +69,14 @@ public final class AMQPRequester: Sendable {
     }
 
     /// Sends a reply to a request delivery.
-    public static func reply(to request: AMQPDelivery, body: ByteBuffer, headers: AMQPTable = [:]) -> AMQPOutgoingMessage? {
+    package static func reply(to request: AMQPDelivery, body: ByteBuffer, headers: AMQPTable = [:]) -> AMQPOutgoingMessage? {
         guard let replyTo = request.properties.replyTo, let id = request.properties.correlationID else { return nil }
         return AMQPOutgoingMessage(exchange: "", routingKey: replyTo, body: body,
                                    properties: AMQPProperties(correlationID: id, headers: headers))
     }
 
     /// Resumes the request this reply answers (a reply to no pending request, a late one, is dropped).
-    public func handleReply(_ delivery: AMQPDelivery) {
+    package func handleReply(_ delivery: AMQPDelivery) {
         guard let id = delivery.properties.correlationID else { return }
         settle(id)?.resume(returning: delivery)
     }

@@ -10,12 +10,12 @@ import ServiceLifecycle
 ///   group's key when the group gets its first local member and unbinds when it loses its last;
 /// - `groupSend` publishes to `chat.groups` with the full group name in the `x-group` header.
 /// Replies to requests (messages with a correlation id) go to the ``AMQPRequester``.
-public final class AMQPChannelLayer: ChannelLayer, Service {
-    public let connection: AMQPConnection
-    public let registry: GroupRegistry
-    public let requester: AMQPRequester
+package final class AMQPChannelLayer: ChannelLayer, Service {
+    package let connection: AMQPConnection
+    package let registry: GroupRegistry
+    package let requester: AMQPRequester
     /// This process's queue, `chat.gateway.<id>`.
-    public let queueName: String
+    package let queueName: String
     let logger: Logger
     /// When set, this process's queue is bound to the membership fanout too, and its events go here (on the
     /// connection's thread) instead of to the groups.
@@ -23,7 +23,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
 
     /// `registry` holds this process's members of groups (made by the caller when something else, presence,
     /// reads it too).
-    public init(connection: AMQPConnection, processID: String, registry: GroupRegistry = GroupRegistry(), logger: Logger,
+    package init(connection: AMQPConnection, processID: String, registry: GroupRegistry = GroupRegistry(), logger: Logger,
                 onMembershipEvent: (@Sendable (ByteBuffer) -> Void)? = nil) {
         self.connection = connection
         self.onMembershipEvent = onMembershipEvent
@@ -37,11 +37,11 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     }
 
     /// Declares the groups exchange and this process's queue.
-    public func declareTopology() async throws {
+    package func declareTopology() async throws {
         try await ChatTopology.declare(.channelLayer(queue: queueName, membershipEvents: onMembershipEvent != nil), on: connection)
     }
 
-    public func run() async throws {
+    package func run() async throws {
         try await declareTopology()
         logger.info("channel layer consuming")
         // Routed on the connection's thread as the deliveries are read: `route` only hands frames to the
@@ -114,26 +114,26 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
         }
     }
 
-    public func groupAdd(_ group: String, channel: any GroupMember) async throws {
+    package func groupAdd(_ group: String, channel: any GroupMember) async throws {
         let connection = self.connection, queue = queueName, key = ChatTopology.routingKey(forGroup: group)
         try await registry.add(group, channel) {
             try await connection.bindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
         }
     }
 
-    public func groupDiscard(_ group: String, channel: any GroupMember) async throws {
+    package func groupDiscard(_ group: String, channel: any GroupMember) async throws {
         let connection = self.connection, queue = queueName, key = ChatTopology.routingKey(forGroup: group)
         try await registry.remove(group, channel) {
             try await connection.unbindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
         }
     }
 
-    public func groupSend(_ group: String, message: ChannelMessage) async throws {
+    package func groupSend(_ group: String, message: ChannelMessage) async throws {
         try await connection.publish(Self.groupMessage(group, message))
     }
 
     /// The AMQP message `groupSend` publishes; the persistence service publishes the same for broadcasts.
-    public static func groupMessage(_ group: String, _ message: ChannelMessage) -> AMQPOutgoingMessage {
+    package static func groupMessage(_ group: String, _ message: ChannelMessage) -> AMQPOutgoingMessage {
         var headers: AMQPTable = [ChatTopology.groupHeader: .string(group)]
         if let seq = message.seq { headers[ChatTopology.seqHeader] = .int(seq) }
         return AMQPOutgoingMessage(
@@ -142,7 +142,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     }
 
     /// One AMQP message carrying a run of consecutive stored messages of one group (seqs `firstSeq`, …).
-    public static func groupRunMessage(_ group: String, frames: [String], firstSeq: Int64) -> AMQPOutgoingMessage {
+    package static func groupRunMessage(_ group: String, frames: [String], firstSeq: Int64) -> AMQPOutgoingMessage {
         AMQPOutgoingMessage(
             exchange: ChatTopology.groupsExchange, routingKey: ChatTopology.routingKey(forGroup: group), body: ByteBuffer(string: FrameBatch.join(frames)),
             properties: AMQPProperties(headers: [
@@ -154,7 +154,7 @@ public final class AMQPChannelLayer: ChannelLayer, Service {
     /// One AMQP message carrying runs of stored messages of many groups: routed with the first group's key and
     /// the others in `CC`, so each gateway queue bound to any of them gets it once. Runs are
     /// `(group, first seq, frames)`, in the order their frames appear in the body.
-    public static func groupRunsMessage(_ runs: [(group: String, first: Int64, frames: [String])], receivedAt: Int64? = nil) -> AMQPOutgoingMessage {
+    package static func groupRunsMessage(_ runs: [(group: String, first: Int64, frames: [String])], receivedAt: Int64? = nil) -> AMQPOutgoingMessage {
         var description = ""
         var keys: [String] = []
         var seenKeys = Set<String>()

@@ -2,12 +2,12 @@ import NIOCore
 import Synchronization
 
 /// A message on the channel layer: an already-encoded frame and, for room broadcasts, its sequence number.
-public struct ChannelMessage: Sendable {
-    public var body: ByteBuffer
-    public var group: String?
-    public var seq: Int64?
+package struct ChannelMessage: Sendable {
+    package var body: ByteBuffer
+    package var group: String?
+    package var seq: Int64?
 
-    public init(body: ByteBuffer, group: String? = nil, seq: Int64? = nil) {
+    package init(body: ByteBuffer, group: String? = nil, seq: Int64? = nil) {
         self.body = body
         self.group = group
         self.seq = seq
@@ -18,7 +18,7 @@ public struct ChannelMessage: Sendable {
 ///
 /// `groupAdd` returns once messages sent to the group afterwards reach the member (for AMQP: the
 /// binding is confirmed by the broker), which is what lets a joining socket read history without a gap.
-public protocol ChannelLayer: Sendable {
+package protocol ChannelLayer: Sendable {
     func groupAdd(_ group: String, channel: any GroupMember) async throws
     func groupDiscard(_ group: String, channel: any GroupMember) async throws
     func groupSend(_ group: String, message: ChannelMessage) async throws
@@ -26,7 +26,7 @@ public protocol ChannelLayer: Sendable {
 
 /// Something that belongs to groups and receives what is sent to them: in the gateway, a WebSocket
 /// connection that writes straight to its socket.
-public protocol GroupMember: AnyObject, Sendable {
+package protocol GroupMember: AnyObject, Sendable {
     /// Unique within the process (``GroupRegistry/allocateID()``).
     var memberID: Int { get }
     /// The event loop `deliver` must be called on, or nil when any thread will do. The registry calls the
@@ -39,17 +39,17 @@ public protocol GroupMember: AnyObject, Sendable {
 /// The groups of one process: which local channels are in which group. Reference-counted so that a group
 /// with 1,000 local members costs one binding: `onFirstMember` / `onLastMember` run only on 0↔1 changes,
 /// chained per group so that a bind and an unbind of the same group never overtake each other.
-public final class GroupRegistry: Sendable {
+package final class GroupRegistry: Sendable {
     struct State {
         var members: [String: [Int: any GroupMember]] = [:]
         var lastOperation: [String: Task<Void, any Error>] = [:]
         var nextID = 1
     }
     private let state = Mutex(State())
-    public init() {}
+    package init() {}
 
     /// A new member id, unique in this process.
-    public func allocateID() -> Int {
+    package func allocateID() -> Int {
         state.withLock { state in
             defer { state.nextID += 1 }
             return state.nextID
@@ -58,7 +58,7 @@ public final class GroupRegistry: Sendable {
 
     /// Adds a member; when it is the group's first, runs `onFirstMember` after the group's previous operation.
     /// Returns once the group's latest operation is done.
-    public func add(_ group: String, _ channel: any GroupMember, onFirstMember: @escaping @Sendable () async throws -> Void) async throws {
+    package func add(_ group: String, _ channel: any GroupMember, onFirstMember: @escaping @Sendable () async throws -> Void) async throws {
         let operation = state.withLock { state -> Task<Void, any Error>? in
             var members = state.members[group, default: [:]]
             let wasEmpty = members.isEmpty
@@ -95,7 +95,7 @@ public final class GroupRegistry: Sendable {
     }
 
     /// Removes a member; when it was the last, runs `onLastMember` after the group's previous operation.
-    public func remove(_ group: String, _ channel: any GroupMember, onLastMember: @escaping @Sendable () async throws -> Void) async throws {
+    package func remove(_ group: String, _ channel: any GroupMember, onLastMember: @escaping @Sendable () async throws -> Void) async throws {
         let operation = state.withLock { state -> Task<Void, any Error>? in
             guard var members = state.members[group], members.removeValue(forKey: channel.memberID) != nil else { return nil }
             if !members.isEmpty {
@@ -117,7 +117,7 @@ public final class GroupRegistry: Sendable {
 
     /// Delivers to every local member of `group`; returns how many received it.
     @discardableResult
-    public func dispatch(_ message: ChannelMessage, to group: String) -> Int {
+    package func dispatch(_ message: ChannelMessage, to group: String) -> Int {
         dispatch([message], to: group)
     }
 
@@ -125,7 +125,7 @@ public final class GroupRegistry: Sendable {
     /// them in one task per loop, so a broadcast to a room of 1,000 sockets costs one hop per loop.
     /// `delivered` is called with each set of members once they have the messages (on their loop).
     @discardableResult
-    public func dispatch(_ messages: [ChannelMessage], to group: String,
+    package func dispatch(_ messages: [ChannelMessage], to group: String,
                          delivered: (@Sendable (_ members: Int) -> Void)? = nil) -> Int {
         guard let members = state.withLock({ $0.members[group] }), !messages.isEmpty else { return 0 }
         var byLoop: [ObjectIdentifier: (loop: any EventLoop, members: [any GroupMember])] = [:]
@@ -148,32 +148,33 @@ public final class GroupRegistry: Sendable {
     }
 
     /// Members per group, for heartbeats to the room service.
-    public func memberCounts() -> [String: Int] {
+    package func memberCounts() -> [String: Int] {
         state.withLock { state in state.members.mapValues(\.count) }
     }
 
-    public func memberCount(_ group: String) -> Int {
+    /// How many local members `group` has now.
+    package func memberCount(_ group: String) -> Int {
         state.withLock { $0.members[group]?.count ?? 0 }
     }
 }
 
 /// A channel layer inside one process: for unit tests of pure logic, never as proof the system works.
-public final class InMemoryChannelLayer: ChannelLayer {
-    public let registry: GroupRegistry
+package final class InMemoryChannelLayer: ChannelLayer {
+    package let registry: GroupRegistry
 
-    public init(registry: GroupRegistry = GroupRegistry()) {
+    package init(registry: GroupRegistry = GroupRegistry()) {
         self.registry = registry
     }
 
-    public func groupAdd(_ group: String, channel: any GroupMember) async throws {
+    package func groupAdd(_ group: String, channel: any GroupMember) async throws {
         try await registry.add(group, channel, onFirstMember: {})
     }
 
-    public func groupDiscard(_ group: String, channel: any GroupMember) async throws {
+    package func groupDiscard(_ group: String, channel: any GroupMember) async throws {
         try await registry.remove(group, channel, onLastMember: {})
     }
 
-    public func groupSend(_ group: String, message: ChannelMessage) async throws {
+    package func groupSend(_ group: String, message: ChannelMessage) async throws {
         var message = message
         message.group = group
         registry.dispatch(message, to: group)

@@ -2,8 +2,9 @@ import CoreMetrics
 import Foundation
 
 /// Registers the channel layer's series at start, so that they are scraped as zeros before any delivery.
-public enum ChannelLayerMetrics {
-    public static func register() {
+package enum ChannelLayerMetrics {
+    /// Registers the metrics at start, so that `/metrics` lists them before the first delivery.
+    package static func register() {
         ChannelMetrics.delivered.increment(by: 0)
         _ = ChannelMetrics.deliveryLatency
     }

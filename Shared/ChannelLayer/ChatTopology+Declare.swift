@@ -6,7 +6,7 @@ import ChatProtocol
 /// process declares its role's set before it publishes or consumes.
 extension ChatTopology {
     /// An exchange, a queue or a binding, as declared.
-    public enum Declaration: Sendable, Hashable {
+    package enum Declaration: Sendable, Hashable {
         case exchange(String, AMQPExchangeType)
         /// A queue: `durable` ones outlive the broker's restarts; `exclusive` ones go with their process.
         case queue(String, durable: Bool, exclusive: Bool, singleActiveConsumer: Bool)
@@ -14,7 +14,7 @@ extension ChatTopology {
     }
 
     /// What a process declares, by what it does.
-    public enum Role: Sendable, Hashable {
+    package enum Role: Sendable, Hashable {
         /// The channel layer of one process: the groups exchange, its exclusive queue and, when it keeps
         /// presence, that queue bound to the membership fanout.
         case channelLayer(queue: String, membershipEvents: Bool)
@@ -57,7 +57,7 @@ extension ChatTopology {
     }
 
     /// Everything `role` declares, in the order it is declared (an exchange or queue before its bindings).
-    public static func declarations(for role: Role) -> [Declaration] {
+    package static func declarations(for role: Role) -> [Declaration] {
         switch role {
         case .channelLayer(let queue, let membershipEvents):
             membershipEvents
@@ -77,7 +77,7 @@ extension ChatTopology {
     }
 
     /// Declares `role`'s set on `connection`; the connection declares it again by itself after a reconnect.
-    public static func declare(_ role: Role, on connection: AMQPConnection) async throws {
+    package static func declare(_ role: Role, on connection: AMQPConnection) async throws {
         for declaration in declarations(for: role) {
             switch declaration {
             case .exchange(let name, let type):

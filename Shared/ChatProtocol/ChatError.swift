@@ -1,13 +1,13 @@
 
 
 /// Errors a client can cause; each becomes an `{"error": ...}` frame or an HTTP error.
-public enum ChatError: Error, Equatable, Sendable, CustomStringConvertible {
+package enum ChatError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidRoomName(String)
     case invalidFrame(String)
     case frameTooLarge(limit: Int)
     case unavailable(String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .invalidRoomName(let reason): reason
         case .invalidFrame(let reason): reason

@@ -1,6 +1,6 @@
 /// A room as the channel layer names it: a tutorial room `named:<name>` or a consultation room `consult:<id>`.
 /// The one place that builds or reads those names; the layer, the broker and the store carry its ``key``.
-public enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
+package enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
     case named(RoomName)
     case consult(id: Int64)
 
@@ -8,7 +8,7 @@ public enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
     static let consultPrefix = "consult:"
 
     /// Reads a group key; nil for anything that is not a valid named room or a positive consultation id.
-    public init?(key: String) {
+    package init?(key: String) {
         if key.hasPrefix(Self.namedPrefix) {
             guard let name = try? RoomName(validating: String(key.dropFirst(Self.namedPrefix.count))) else { return nil }
             self = .named(name)
@@ -21,7 +21,7 @@ public enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
     }
 
     /// The group's name on the channel layer, in the store and in AMQP headers.
-    public var key: String {
+    package var key: String {
         switch self {
         case .named(let name): Self.namedPrefix + name.value
         case .consult(let id): Self.consultPrefix + String(id)
@@ -29,7 +29,7 @@ public enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
     }
 
     /// What frames call the room: a named room's name, a consultation room's id.
-    public var displayName: String {
+    package var displayName: String {
         switch self {
         case .named(let name): name.value
         case .consult(let id): String(id)
@@ -37,17 +37,17 @@ public enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
     }
 
     /// ``displayName`` straight from a key, without validating it again (it is in every stored frame).
-    public static func displayName(ofKey key: String) -> String {
+    package static func displayName(ofKey key: String) -> String {
         if let colon = key.firstIndex(of: ":") { return String(key[key.index(after: colon)...]) }
         return key
     }
 
     /// Its routing key on the groups exchange (``ChatTopology/routingKey(forGroup:)``).
-    public var routingKey: String { ChatTopology.routingKey(forGroup: key) }
+    package var routingKey: String { ChatTopology.routingKey(forGroup: key) }
 
-    public var description: String { key }
+    package var description: String { key }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let key = try decoder.singleValueContainer().decode(String.self)
         guard let group = ChatGroup(key: key) else {
             throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a room: \(key)"))
@@ -55,7 +55,7 @@ public enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
         self = group
     }
 
-    public func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(key)
     }

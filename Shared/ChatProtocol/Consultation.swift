@@ -2,10 +2,10 @@ import Foundation
 
 /// An email address as the consultation chat knows users: validated, and compared case-insensitively
 /// (stored lowercased).
-public struct Email: Hashable, Sendable, Codable, CustomStringConvertible {
-    public let value: String
+package struct Email: Hashable, Sendable, Codable, CustomStringConvertible {
+    package let value: String
 
-    public init(validating raw: String) throws(ChatError) {
+    package init(validating raw: String) throws(ChatError) {
         let trimmed = raw.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw .invalidFrame("email must not be empty") }
         guard trimmed.utf8.count <= 254 else { throw .invalidFrame("email is too long") }
@@ -33,34 +33,34 @@ public struct Email: Hashable, Sendable, Codable, CustomStringConvertible {
         }
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let raw = try decoder.singleValueContainer().decode(String.self)
         self = try Email(validating: raw)
     }
 
-    public func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(value)
     }
 
-    public var description: String { value }
+    package var description: String { value }
 }
 
 /// Who a token says the caller is.
-public enum UserRole: String, Codable, Sendable {
+package enum UserRole: String, Codable, Sendable {
     case shop, visitor
 }
 
 /// A 1:1 consultation room between a shop user and a visitor user.
-public struct ConsultRoom: Codable, Sendable, Equatable {
-    public var id: Int64
-    public var shopUserEmail: String
-    public var visitorUserEmail: String
-    public var createdAt: Int64
+package struct ConsultRoom: Codable, Sendable, Equatable {
+    package var id: Int64
+    package var shopUserEmail: String
+    package var visitorUserEmail: String
+    package var createdAt: Int64
     /// The last seq the asking user has read (lists only).
-    public var readSeq: Int64?
+    package var readSeq: Int64?
 
-    public init(id: Int64, shopUserEmail: String, visitorUserEmail: String, createdAt: Int64, readSeq: Int64? = nil) {
+    package init(id: Int64, shopUserEmail: String, visitorUserEmail: String, createdAt: Int64, readSeq: Int64? = nil) {
         self.id = id
         self.shopUserEmail = shopUserEmail
         self.visitorUserEmail = visitorUserEmail
@@ -68,9 +68,11 @@ public struct ConsultRoom: Codable, Sendable, Equatable {
         self.readSeq = readSeq
     }
 
-    public var group: String { ChatGroup.consult(id: id).key }
+    /// The room's group on the channel layer (`consult:<id>`).
+    package var group: String { ChatGroup.consult(id: id).key }
 
-    public func hasParticipant(_ email: String, role: UserRole) -> Bool {
+    /// Whether `email` takes part in the room in `role`.
+    package func hasParticipant(_ email: String, role: UserRole) -> Bool {
         switch role {
         case .shop: shopUserEmail == email
         case .visitor: visitorUserEmail == email
@@ -79,26 +81,27 @@ public struct ConsultRoom: Codable, Sendable, Equatable {
 }
 
 /// Per room: its last message and how many the caller has not read (a persistence request).
-public struct RoomSummaryQuery: Codable, Sendable, Equatable {
-    public var group: String
-    public var afterSeq: Int64
+package struct RoomSummaryQuery: Codable, Sendable, Equatable {
+    package var group: String
+    package var afterSeq: Int64
     /// Messages from this sender (the caller) do not count as unread.
-    public var reader: String
+    package var reader: String
 
-    public init(group: String, afterSeq: Int64, reader: String) {
+    package init(group: String, afterSeq: Int64, reader: String) {
         self.group = group
         self.afterSeq = afterSeq
         self.reader = reader
     }
 }
 
-public struct RoomSummary: Codable, Sendable, Equatable {
-    public var group: String
-    public var lastSeq: Int64
-    public var lastMessage: StoredChatMessage?
-    public var unread: Int
+/// A room's last message and how many of its messages the asking user has not read (a persistence reply).
+package struct RoomSummary: Codable, Sendable, Equatable {
+    package var group: String
+    package var lastSeq: Int64
+    package var lastMessage: StoredChatMessage?
+    package var unread: Int
 
-    public init(group: String, lastSeq: Int64, lastMessage: StoredChatMessage?, unread: Int) {
+    package init(group: String, lastSeq: Int64, lastMessage: StoredChatMessage?, unread: Int) {
         self.group = group
         self.lastSeq = lastSeq
         self.lastMessage = lastMessage
@@ -107,13 +110,14 @@ public struct RoomSummary: Codable, Sendable, Equatable {
 }
 
 /// What a participant sends on `/ws/room/<id>/messages`.
-public enum ConsultClientFrame: Equatable, Sendable {
+package enum ConsultClientFrame: Equatable, Sendable {
     /// `{"message", "sender_email"?, "shop_user_email", "visitor_user_email"}`
     case message(text: String, sender: Email?, shop: Email, visitor: Email)
     /// `{"type": "read", "up_to_seq": N}`
     case read(upToSeq: Int64)
 
-    public static func parse(_ bytes: some Collection<UInt8>) throws(ChatError) -> ConsultClientFrame {
+    /// Parses a client frame of a consultation socket; the error says what is wrong, for an `{"error"}` frame.
+    package static func parse(_ bytes: some Collection<UInt8>) throws(ChatError) -> ConsultClientFrame {
         let object = try ClientFrame.parseObject(bytes)
         if let type = object["type"] {
             guard let type = type as? String, !(type as Any is NSNumber) else { throw .invalidFrame("'type' must be a string") }

@@ -2,14 +2,14 @@ import Foundation
 import NIOCore
 
 /// What a browser sends on `/ws/chat/<room>/`: `{"message": "<text>"}`.
-public enum ClientFrame {
+package enum ClientFrame {
     /// Parses a client frame; every way it can be wrong has its own error text.
-    public static func parseChatMessage(_ bytes: some Collection<UInt8>) throws(ChatError) -> String {
+    package static func parseChatMessage(_ bytes: some Collection<UInt8>) throws(ChatError) -> String {
         try chatMessage(in: parseObject(bytes))
     }
 
     /// Parses a frame that must be a JSON object.
-    public static func parseObject(_ bytes: some Collection<UInt8>) throws(ChatError) -> [String: Any] {
+    package static func parseObject(_ bytes: some Collection<UInt8>) throws(ChatError) -> [String: Any] {
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: Data(bytes), options: [])
@@ -23,7 +23,7 @@ public enum ClientFrame {
     }
 
     /// The non-empty string in a frame's `message` field.
-    public static func chatMessage(in dictionary: [String: Any]) throws(ChatError) -> String {
+    package static func chatMessage(in dictionary: [String: Any]) throws(ChatError) -> String {
         guard let value = dictionary["message"] else {
             throw .invalidFrame("missing field 'message'")
         }
@@ -39,7 +39,8 @@ public enum ClientFrame {
         return text
     }
 
-    public static func error(_ text: String) -> String {
+    /// The `{"error": text}` frame a socket receives for a frame it got wrong.
+    package static func error(_ text: String) -> String {
         var writer = JSONWriter()
         writer.beginObject()
         writer.field("error", text)
@@ -50,12 +51,12 @@ public enum ClientFrame {
 
 /// Message ids: UUIDs in lowercase text, written straight from the time and random bytes (no Foundation UUID
 /// and no case conversion per message).
-public enum MessageID {
+package enum MessageID {
     /// A new message id: a lowercase UUID version 7 (RFC 9562), whose first 48 bits are the Unix time in
     /// milliseconds and the other 74 random. Ids made later sort later, so the store's id index grows at its
     /// right edge: with random (version 4) ids every insert landed on a random page of that index, and a batch
     /// of 25 messages rewrote about 25 index pages into the write-ahead log.
-    public static func timeOrdered(millis: Int64 = Timestamp.nowMillis()) -> String {
+    package static func timeOrdered(millis: Int64 = Timestamp.nowMillis()) -> String {
         var generator = SystemRandomNumberGenerator()
         var high = generator.next() as UInt64, low = generator.next() as UInt64
         high = (UInt64(truncatingIfNeeded: millis) << 16) | (high & 0x0FFF) | 0x7000   // time, version 7, rand_a
@@ -78,17 +79,17 @@ public enum MessageID {
 }
 
 /// A message as the gateway hands it to the persistence service (AMQP, `chat.inbound`).
-public struct InboundChatMessage: Codable, Sendable, Equatable {
+package struct InboundChatMessage: Codable, Sendable, Equatable {
     /// Server-assigned id; a redelivery carries the same id, which makes the store idempotent.
-    public var id: String
+    package var id: String
     /// The group the message belongs to, e.g. `named:lobby`.
-    public var group: String
-    public var sender: String?
-    public var text: String
+    package var group: String
+    package var sender: String?
+    package var text: String
     /// When the gateway received it, in milliseconds since 1970.
-    public var receivedAt: Int64
+    package var receivedAt: Int64
 
-    public init(id: String, group: String, sender: String?, text: String, receivedAt: Int64) {
+    package init(id: String, group: String, sender: String?, text: String, receivedAt: Int64) {
         self.id = id
         self.group = group
         self.sender = sender
@@ -98,15 +99,15 @@ public struct InboundChatMessage: Codable, Sendable, Equatable {
 }
 
 /// A stored message: what every member of its room receives, live or as history.
-public struct StoredChatMessage: Codable, Sendable, Equatable {
-    public var id: String
-    public var group: String
-    public var seq: Int64
-    public var sender: String?
-    public var text: String
-    public var createdAt: Int64
+package struct StoredChatMessage: Codable, Sendable, Equatable {
+    package var id: String
+    package var group: String
+    package var seq: Int64
+    package var sender: String?
+    package var text: String
+    package var createdAt: Int64
 
-    public init(id: String, group: String, seq: Int64, sender: String?, text: String, createdAt: Int64) {
+    package init(id: String, group: String, seq: Int64, sender: String?, text: String, createdAt: Int64) {
         self.id = id
         self.group = group
         self.seq = seq
@@ -116,7 +117,7 @@ public struct StoredChatMessage: Codable, Sendable, Equatable {
     }
 
     /// The frame sockets receive: `{"message", "id", "seq", "room", "time", "sender_email"?}`.
-    public var clientFrame: String {
+    package var clientFrame: String {
         var writer = JSONWriter()
         writer.beginObject()
         writer.field("message", text)
@@ -130,13 +131,15 @@ public struct StoredChatMessage: Codable, Sendable, Equatable {
     }
 }
 
-public enum Timestamp {
-    public static func nowMillis() -> Int64 {
+/// Times as the services keep them (milliseconds since 1970) and as frames show them (ISO 8601).
+package enum Timestamp {
+    /// Now, in milliseconds since 1970.
+    package static func nowMillis() -> Int64 {
         Int64((Date().timeIntervalSince1970 * 1000).rounded())
     }
 
     /// `2026-11-22T08:30:00.123Z` (written digit by digit: it is in every frame).
-    public static func iso8601(millis: Int64) -> String {
+    package static func iso8601(millis: Int64) -> String {
         var seconds = time_t(millis / 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
@@ -165,12 +168,14 @@ public enum Timestamp {
 /// Several frames in one AMQP message: one per line (JSON frames contain no raw newline), oldest first; the
 /// message's `x-seq` header is the first frame's seq and `x-count` their number. History replies and room
 /// broadcasts both use it.
-public enum FrameBatch {
-    public static func join(_ frames: [String]) -> String {
+package enum FrameBatch {
+    /// Frames one per line (a frame is compact JSON, so it holds no newline), for one AMQP body.
+    package static func join(_ frames: [String]) -> String {
         frames.joined(separator: "\n")
     }
 
-    public static func split(_ body: ByteBuffer) -> [ByteBuffer] {
+    /// The frames of a body ``join(_:)`` made, as slices of it (no copy).
+    package static func split(_ body: ByteBuffer) -> [ByteBuffer] {
         var body = body
         var frames: [ByteBuffer] = []
         while body.readableBytes > 0 {
@@ -185,12 +190,12 @@ public enum FrameBatch {
 extension String {
     /// Whether it is empty or only white space and newlines (pure Swift: Foundation's trimming bridges to
     /// NSString, which showed in the gateway's profile once per client frame).
-    public var isBlank: Bool {
+    package var isBlank: Bool {
         unicodeScalars.allSatisfy { $0.properties.isWhitespace }
     }
 
     /// Without leading and trailing white space and newlines.
-    public func trimmingWhitespace() -> String {
+    package func trimmingWhitespace() -> String {
         let scalars = unicodeScalars
         guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
         let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
@@ -203,8 +208,9 @@ extension String {
 /// controls other than tab, line feed and carriage return (U+0000–U+0008, U+000B, U+000C, U+000E–U+001F),
 /// DEL (U+007F) and the C1 controls (U+0080–U+009F). PostgreSQL's `text` cannot hold U+0000 at all; the
 /// others are refused too so that SQLite and PostgreSQL store exactly the same set of texts.
-public enum MessageText {
-    public static func isAllowed(_ scalar: Unicode.Scalar) -> Bool {
+package enum MessageText {
+    /// Whether a character may appear in a chat message: any but the C0 and C1 controls other than tab, CR and LF.
+    package static func isAllowed(_ scalar: Unicode.Scalar) -> Bool {
         let v = scalar.value
         if v >= 0x20 && v < 0x7F { return true }
         if v == 0x09 || v == 0x0A || v == 0x0D { return true }
@@ -212,7 +218,7 @@ public enum MessageText {
     }
 
     /// The first scalar that a message may not contain, if any (UTF-8 bytes first: most texts are ASCII).
-    public static func firstRefusedScalar(in text: String) -> Unicode.Scalar? {
+    package static func firstRefusedScalar(in text: String) -> Unicode.Scalar? {
         var clean = true
         for byte in text.utf8 where byte < 0x20 || byte == 0x7F || byte == 0xC2 {
             if byte == 0x09 || byte == 0x0A || byte == 0x0D { continue }
@@ -223,7 +229,8 @@ public enum MessageText {
         return text.unicodeScalars.first { !isAllowed($0) }
     }
 
-    public static func hex(_ scalar: Unicode.Scalar) -> String {
+    /// `001B` (four hex digits at least): how an error names a refused character, after `U+`.
+    package static func hex(_ scalar: Unicode.Scalar) -> String {
         let digits = String(scalar.value, radix: 16, uppercase: true)
         return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
     }

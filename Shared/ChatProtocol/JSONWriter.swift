@@ -1,38 +1,45 @@
 /// Writes compact JSON by hand, for the frames built once per message on the hot path: valid JSON with every
 /// control character escaped and `<`, `>`, `&` too, so that a frame can be embedded in HTML safely. (Measured
 /// only ~10 % cheaper than `JSONEncoder` so far: docs/benchmarks.md, "Frame encoding".)
-public struct JSONWriter {
-    public private(set) var output: String = ""
+package struct JSONWriter {
+    package private(set) var output: String = ""
     private var needsComma: [Bool] = []
 
-    public init() {
+    package init() {
         output.reserveCapacity(128)
     }
 
-    public mutating func beginObject() { separator(); output.append("{"); needsComma.append(false) }
-    public mutating func endObject() { output.append("}"); needsComma.removeLast() }
-    public mutating func beginArray(_ key: String) { self.key(key); output.append("["); needsComma.append(false) }
-    public mutating func endArray() { output.append("]"); needsComma.removeLast() }
+    /// Starts an object (as a value, or as the next element of an array).
+    package mutating func beginObject() { separator(); output.append("{"); needsComma.append(false) }
+    /// Ends the innermost object.
+    package mutating func endObject() { output.append("}"); needsComma.removeLast() }
+    /// Starts an array as the value of `key`.
+    package mutating func beginArray(_ key: String) { self.key(key); output.append("["); needsComma.append(false) }
+    /// Ends the innermost array.
+    package mutating func endArray() { output.append("]"); needsComma.removeLast() }
 
-    public mutating func field(_ key: String, _ value: String?) {
+    /// Writes `key: value` as a JSON string; nothing when `value` is nil.
+    package mutating func field(_ key: String, _ value: String?) {
         guard let value else { return }
         self.key(key)
         Self.appendQuoted(value, to: &output)
     }
 
-    public mutating func field(_ key: String, _ value: Int64?) {
+    /// Writes `key: value` as a JSON number; nothing when `value` is nil.
+    package mutating func field(_ key: String, _ value: Int64?) {
         guard let value else { return }
         self.key(key)
         output.append(String(value))
     }
 
-    public mutating func field(_ key: String, _ value: Bool) {
+    /// Writes `key: value` as a JSON boolean.
+    package mutating func field(_ key: String, _ value: Bool) {
         self.key(key)
         output.append(value ? "true" : "false")
     }
 
     /// Appends a value that is already JSON.
-    public mutating func rawElement(_ json: String) {
+    package mutating func rawElement(_ json: String) {
         separator()
         output.append(json)
     }
@@ -49,7 +56,8 @@ public struct JSONWriter {
         needsComma[needsComma.count - 1] = true
     }
 
-    public static func quoted(_ string: String) -> String {
+    /// `string` as a JSON string literal, quotes included.
+    package static func quoted(_ string: String) -> String {
         var out = ""
         appendQuoted(string, to: &out)
         return out
@@ -58,7 +66,7 @@ public struct JSONWriter {
     /// Appends `string` as a JSON string. Runs of bytes that need no escape (nearly always the whole
     /// string) are appended in one go; the escapes are all ASCII, or U+2028/U+2029 (bytes E2 80 A8/A9), so
     /// every run starts and ends on a scalar boundary.
-    public static func appendQuoted(_ string: String, to out: inout String) {
+    package static func appendQuoted(_ string: String, to out: inout String) {
         out.append("\"")
         let utf8 = string.utf8
         var runStart = utf8.startIndex

@@ -1,6 +1,6 @@
 /// A request to the room service (JSON on `chat.rooms.requests`), one case per operation; every one is answered
 /// with a ``RoomReply``.
-public enum RoomRequest: Codable, Sendable, Equatable {
+package enum RoomRequest: Codable, Sendable, Equatable {
     /// A socket joins a room: a named room is created on first use, a consultation room must exist (the
     /// gateway has checked the participant). Answered with ``RoomReply/joined(roomID:created:)``.
     case join(group: ChatGroup)
@@ -15,7 +15,7 @@ public enum RoomRequest: Codable, Sendable, Equatable {
     case consultRead(roomID: Int64, email: Email, seq: Int64)
 
     /// The operation's name, for logs and the `op` label of `chat_rooms_requests_total`.
-    public var operation: String {
+    package var operation: String {
         switch self {
         case .join: "join"
         case .consultCreate: "consult.create"
@@ -27,7 +27,7 @@ public enum RoomRequest: Codable, Sendable, Equatable {
 }
 
 /// The room service's answer to a ``RoomRequest``.
-public enum RoomReply: Codable, Sendable, Equatable {
+package enum RoomReply: Codable, Sendable, Equatable {
     /// The room is there (`roomID` for a named room; `created` when this join made it).
     case joined(roomID: Int64?, created: Bool)
     case consultRoom(room: ConsultRoom, created: Bool)
@@ -41,7 +41,7 @@ public enum RoomReply: Codable, Sendable, Equatable {
 }
 
 /// A request to the persistence service's history queue (`chat.persistence.history`).
-public enum HistoryRequest: Codable, Sendable, Equatable {
+package enum HistoryRequest: Codable, Sendable, Equatable {
     /// Up to `limit` stored messages of a room, the newest before `beforeSeq` (or the newest of all), oldest
     /// first. The reply's body is their frames, one per line; its `x-seq` header is the first frame's seq
     /// (seqs are contiguous) and `x-count` their number.

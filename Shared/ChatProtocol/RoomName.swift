@@ -2,11 +2,12 @@
 ///
 /// Rules (documented in docs/protocol.md): 1 to 100 characters; each is a Unicode letter, mark or digit,
 /// or one of `-`, `_`, `.`. So `lobby`, `상담실` and `café-2` are rooms; `</script>`, `a b` and `';x;'` are not.
-public struct RoomName: Hashable, Sendable, CustomStringConvertible {
-    public static let maxCharacters = 100
-    public let value: String
+package struct RoomName: Hashable, Sendable, CustomStringConvertible {
+    /// The longest name, in characters.
+    package static let maxCharacters = 100
+    package let value: String
 
-    public init(validating raw: String) throws(ChatError) {
+    package init(validating raw: String) throws(ChatError) {
         guard !raw.isEmpty else { throw .invalidRoomName("room name must not be empty") }
         guard raw.count <= Self.maxCharacters, raw.unicodeScalars.count <= Self.maxCharacters * 4 else {
             throw .invalidRoomName("room name must be at most \(Self.maxCharacters) characters")
@@ -32,5 +33,5 @@ public struct RoomName: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String { value }
+    package var description: String { value }
 }

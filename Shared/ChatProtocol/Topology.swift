@@ -1,16 +1,17 @@
 /// Names of the AMQP exchanges, queues and headers the services share (docs/amqp-topology.md).
-public enum ChatTopology {
+package enum ChatTopology {
     /// Direct exchange: gateways publish every accepted client message here, routed by the partition of its
     /// room (routing key ``partitionRoutingKey(_:)``) to that partition's queue.
-    public static let inboundExchange = "chat.inbound"
+    package static let inboundExchange = "chat.inbound"
     /// Partitions when `CHAT_PERSIST_PARTITIONS` is not set; every gateway and persistence worker must agree.
-    public static let defaultPartitions = 8
+    package static let defaultPartitions = 8
     /// Durable queue of one partition (single active consumer: one worker at a time keeps per-room order).
-    public static func partitionQueue(_ partition: Int) -> String { "chat.persistence.p\(partition)" }
-    public static func partitionRoutingKey(_ partition: Int) -> String { "p\(partition)" }
+    package static func partitionQueue(_ partition: Int) -> String { "chat.persistence.p\(partition)" }
+    /// The routing key of partition `partition` on ``inboundExchange``.
+    package static func partitionRoutingKey(_ partition: Int) -> String { "p\(partition)" }
     /// The partition of a room: FNV-1a (64 bit) of its group name, modulo the partition count. Stable across
     /// processes and releases, since gateways and workers compute it apart.
-    public static func partition(of group: String, count: Int) -> Int {
+    package static func partition(of group: String, count: Int) -> Int {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in group.utf8 {
             hash ^= UInt64(byte)
@@ -19,29 +20,31 @@ public enum ChatTopology {
         return Int(hash % UInt64(max(1, count)))
     }
     /// Fanout exchange of the persistence workers' heartbeats, from which each computes who owns which partition.
-    public static let workersExchange = "chat.persistence.workers"
+    package static let workersExchange = "chat.persistence.workers"
     /// Exclusive queue of one persistence worker on ``workersExchange``.
-    public static func workerQueue(_ workerID: String) -> String { "chat.persistence.worker." + workerID }
+    package static func workerQueue(_ workerID: String) -> String { "chat.persistence.worker." + workerID }
     /// Durable queue of messages the store refused on their own (header ``reasonHeader`` says why).
-    public static let deadLetterQueue = "chat.dead"
-    public static let reasonHeader = "x-reason"
+    package static let deadLetterQueue = "chat.dead"
+    /// Header of a dead letter: why the store refused it.
+    package static let reasonHeader = "x-reason"
     /// Fanout exchange of the gateways' joins, leaves and heartbeats: every room service instance (and every
     /// gateway, for presence) keeps the whole membership from it.
-    public static let membershipExchange = "chat.rooms.membership"
+    package static let membershipExchange = "chat.rooms.membership"
     /// Exclusive queue of one room service instance on ``membershipExchange``.
-    public static func roomsInstanceQueue(_ instanceID: String) -> String { "chat.rooms.instance." + instanceID }
+    package static func roomsInstanceQueue(_ instanceID: String) -> String { "chat.rooms.instance." + instanceID }
     /// Header marking a membership event on a gateway's own queue.
-    public static let membershipHeader = "x-membership"
+    package static let membershipHeader = "x-membership"
     /// Direct exchange of the channel layer's groups: routing key = group key, bound by gateways.
-    public static let groupsExchange = "chat.groups"
+    package static let groupsExchange = "chat.groups"
     /// Request queues (request/reply, reply to the caller's own queue with a correlation id).
-    public static let historyQueue = "chat.persistence.history"
-    public static let roomsQueue = "chat.rooms.requests"
+    package static let historyQueue = "chat.persistence.history"
+    /// Durable queue of the room service's requests, load-balanced over its instances.
+    package static let roomsQueue = "chat.rooms.requests"
 
     /// The routing key of a group on ``groupsExchange``. Routing keys are at most 255 bytes, and 100
     /// characters of Hangul take 300, so long names are hashed; receivers dispatch on the ``groupHeader``,
     /// never on the key, so a hash collision costs bandwidth, not correctness.
-    public static func routingKey(forGroup group: String) -> String {
+    package static func routingKey(forGroup group: String) -> String {
         let utf8 = group.utf8
         if utf8.count <= 200 { return group }
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -53,19 +56,20 @@ public enum ChatTopology {
     }
 
     /// Header carrying the full group name (routing keys may be hashed).
-    public static let groupHeader = "x-group"
+    package static let groupHeader = "x-group"
     /// Header carrying the per-room sequence number of a broadcast, or the first one of a history reply.
-    public static let seqHeader = "x-seq"
-    public static let countHeader = "x-count"
+    package static let seqHeader = "x-seq"
+    /// Header carrying how many messages (frames or JSON elements) a body holds.
+    package static let countHeader = "x-count"
     /// Header of a multi-room broadcast: one line per run, `<group>\t<first seq>\t<count>`, in body order.
     /// The message is published once with the first room's routing key and the others in `CC`.
-    public static let runsHeader = "x-runs"
+    package static let runsHeader = "x-runs"
     /// RabbitMQ's sender-selected distribution: extra routing keys, each queue gets the message once.
-    public static let ccHeader = "CC"
+    package static let ccHeader = "CC"
     /// On a broadcast: when the gateway received its earliest message (milliseconds since 1970), for the
     /// gateways' delivery latency.
-    public static let receivedAtHeader = "x-received-at"
+    package static let receivedAtHeader = "x-received-at"
 
     /// Exclusive, auto-deleted queue of one gateway process: group broadcasts, replies and membership events.
-    public static func gatewayQueue(_ gatewayID: String) -> String { "chat.gateway." + gatewayID }
+    package static func gatewayQueue(_ gatewayID: String) -> String { "chat.gateway." + gatewayID }
 }

@@ -3,20 +3,20 @@ import Synchronization
 
 /// Where the persistence service keeps messages: table `chat_messages`, one row per message,
 /// unique on `id` (idempotent writes) and on `(grp, seq)` (per-room order).
-public final class MessageStore: Sendable {
-    public let database: any SQLDatabase
+package final class MessageStore: Sendable {
+    package let database: any SQLDatabase
     /// The next seq of the rooms this process has written to. The writer is the queue's single active
     /// consumer, so between its own writes nobody else assigns seqs; should another instance have written
     /// meanwhile (a failover and back), the insert fails on `UNIQUE (grp, seq)`, the cache is dropped and the
     /// batch is stored again from the table's own maxima.
     private let nextSeqCache = Mutex<[String: Int64]>([:])
 
-    public init(database: any SQLDatabase) {
+    package init(database: any SQLDatabase) {
         self.database = database
     }
 
     /// Creates or migrates the schema (versioned in `chat_schema`, one row per applied step).
-    public func migrate() async throws {
+    package func migrate() async throws {
         try await Migrations.apply(component: "messages", steps: [
             """
             CREATE TABLE IF NOT EXISTS chat_messages (
@@ -37,7 +37,7 @@ public final class MessageStore: Sendable {
     /// `checkExisting` may be false for a batch none of whose messages was ever delivered before: it saves
     /// a query, and should an id exist after all, the insert fails on the primary key and nothing is written
     /// (the caller then stores again with the check).
-    public func store(_ batch: [InboundChatMessage], checkExisting: Bool = true) async throws -> [StoredChatMessage] {
+    package func store(_ batch: [InboundChatMessage], checkExisting: Bool = true) async throws -> [StoredChatMessage] {
         if batch.isEmpty { return [] }
         if !checkExisting, batch.count <= Self.rowsPerInsert, let stored = try await storeInOneStatement(batch) { return stored }
         let result: ([StoredChatMessage], [String: Int64])
@@ -139,7 +139,7 @@ public final class MessageStore: Sendable {
     }
 
     /// The last `limit` messages of a room before `beforeSeq` (all when nil), oldest first.
-    public func history(group: String, beforeSeq: Int64? = nil, limit: Int) async throws -> [StoredChatMessage] {
+    package func history(group: String, beforeSeq: Int64? = nil, limit: Int) async throws -> [StoredChatMessage] {
         let rows = try await database.query(
             "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE grp = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             [.text(group), .int(beforeSeq ?? Int64.max), .int(Int64(limit))])
@@ -147,7 +147,7 @@ public final class MessageStore: Sendable {
     }
 
     /// Each room's last message and how many messages after `afterSeq` came from someone other than `reader`.
-    public func summaries(_ queries: [RoomSummaryQuery]) async throws -> [RoomSummary] {
+    package func summaries(_ queries: [RoomSummaryQuery]) async throws -> [RoomSummary] {
         var out: [RoomSummary] = []
         for query in queries {
             let last = try await database.query(
@@ -162,11 +162,12 @@ public final class MessageStore: Sendable {
     }
 
     /// Whether the database answers at all: tells a batch it refuses from a database that is down.
-    public func isReachable() async -> Bool {
+    package func isReachable() async -> Bool {
         (try? await database.query("SELECT 1", [])) != nil
     }
 
-    public func count(group: String) async throws -> Int {
+    /// How many messages a room has stored (for tests and checks).
+    package func count(group: String) async throws -> Int {
         let rows = try await database.query("SELECT COUNT(*) FROM chat_messages WHERE grp = ?", [.text(group)])
         return Int(rows.first?.first?.int ?? 0)
     }

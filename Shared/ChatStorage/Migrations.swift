@@ -2,12 +2,13 @@ import ChatProtocol
 import Synchronization
 
 /// Applies numbered schema steps once each, recording them in `chat_schema`.
-public enum Migrations {
+package enum Migrations {
     /// The advisory lock that serializes schema changes across processes on PostgreSQL: concurrent
     /// `CREATE TABLE IF NOT EXISTS` race inside PostgreSQL (a unique violation on `pg_type`).
     static let postgresLockKey: Int64 = 0x6368_6174_5343_484D  // "chatSCHM"
 
-    public static func apply(component: String, steps: [String], on database: any SQLDatabase) async throws {
+    /// Runs the steps of `component` not yet applied, in order, recording each in `chat_migrations`.
+    package static func apply(component: String, steps: [String], on database: any SQLDatabase) async throws {
         _ = try await database.transaction { tx in
             // Held until the transaction ends; every instance of every service waits here for the one before it.
             if database.dialect == .postgres { _ = try await tx.query("SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock(?)) AS schema_lock", [.int(postgresLockKey)]) }

@@ -2,18 +2,19 @@ import ChatProtocol
 import Synchronization
 
 /// Where the room service keeps rooms: table `chat_rooms`, one row per named room, created on first use.
-public final class RoomStore: Sendable {
-    public let database: any SQLDatabase
+package final class RoomStore: Sendable {
+    package let database: any SQLDatabase
     /// Rooms are never renamed or deleted, so a room once read stays true: joins of a known room (and lookups
     /// of a known consultation room) are answered from memory.
     private let namedRooms = Mutex<[String: Room]>([:])
     private let consultRoomsByID = Mutex<[Int64: ConsultRoom]>([:])
 
-    public init(database: any SQLDatabase) {
+    package init(database: any SQLDatabase) {
         self.database = database
     }
 
-    public func migrate() async throws {
+    /// Creates or updates the room tables.
+    package func migrate() async throws {
         let idColumn = database.dialect == .postgres ? "BIGSERIAL PRIMARY KEY" : "INTEGER PRIMARY KEY AUTOINCREMENT"
         try await Migrations.apply(component: "rooms", steps: [
             """
@@ -51,7 +52,7 @@ public final class RoomStore: Sendable {
 
     /// Gets or creates both users and their room; safe under concurrent callers (unique keys decide).
     /// Emails must already be normalized (lowercase).
-    public func getOrCreateConsultRoom(shopEmail: String, visitorEmail: String) async throws -> (room: ConsultRoom, created: Bool) {
+    package func getOrCreateConsultRoom(shopEmail: String, visitorEmail: String) async throws -> (room: ConsultRoom, created: Bool) {
         if let room = try await findConsultRoom(shopEmail: shopEmail, visitorEmail: visitorEmail) { return (room, false) }
         let now = Timestamp.nowMillis()
         let created = try await database.transaction { tx -> Bool in
@@ -79,12 +80,14 @@ public final class RoomStore: Sendable {
         JOIN chat_shop_users s ON s.id = r.shop_user_id JOIN chat_visitor_users v ON v.id = r.visitor_user_id
         """
 
-    public func findConsultRoom(shopEmail: String, visitorEmail: String) async throws -> ConsultRoom? {
+    /// The consultation room of a (shop, visitor) pair, if there is one.
+    package func findConsultRoom(shopEmail: String, visitorEmail: String) async throws -> ConsultRoom? {
         try await database.query(Self.consultSelect + " WHERE s.email = ? AND v.email = ?", [.text(shopEmail), .text(visitorEmail)])
             .first.map(Self.consultRoom)
     }
 
-    public func consultRoom(id: Int64) async throws -> ConsultRoom? {
+    /// A consultation room by id.
+    package func consultRoom(id: Int64) async throws -> ConsultRoom? {
         if let room = consultRoomsByID.withLock({ $0[id] }) { return room }
         let room = try await database.query(Self.consultSelect + " WHERE r.id = ?", [.int(id)]).first.map(Self.consultRoom)
         if let room { consultRoomsByID.withLock { $0[id] = room } }
@@ -92,7 +95,7 @@ public final class RoomStore: Sendable {
     }
 
     /// The rooms of a user in a role, each with the seq that user has read.
-    public func consultRooms(email: String, role: UserRole) async throws -> [ConsultRoom] {
+    package func consultRooms(email: String, role: UserRole) async throws -> [ConsultRoom] {
         let column = role == .shop ? "s.email" : "v.email"
         let rows = try await database.query(
             """
@@ -110,7 +113,7 @@ public final class RoomStore: Sendable {
     }
 
     /// Records that `email` has read room `id` up to `seq` (never moving backwards); returns the mark.
-    public func markRead(roomID: Int64, email: String, seq: Int64) async throws -> Int64 {
+    package func markRead(roomID: Int64, email: String, seq: Int64) async throws -> Int64 {
         try await database.transaction { tx in
             _ = try await tx.query(
                 """
@@ -128,15 +131,16 @@ public final class RoomStore: Sendable {
         ConsultRoom(id: row[0].int ?? 0, shopUserEmail: row[1].string ?? "", visitorUserEmail: row[2].string ?? "", createdAt: row[3].int ?? 0)
     }
 
-    public struct Room: Sendable, Equatable {
-        public var id: Int64
-        public var kind: String
-        public var name: String
-        public var createdAt: Int64
+    /// A named room as stored.
+    package struct Room: Sendable, Equatable {
+        package var id: Int64
+        package var kind: String
+        package var name: String
+        package var createdAt: Int64
     }
 
     /// Gets the named room or creates it; safe under concurrent callers (the unique key decides).
-    public func getOrCreate(kind: String, name: String) async throws -> (room: Room, created: Bool) {
+    package func getOrCreate(kind: String, name: String) async throws -> (room: Room, created: Bool) {
         if let room = try await find(kind: kind, name: name) { return (room, false) }
         // One statement, so no explicit transaction: the unique key decides between concurrent creators.
         let now = Timestamp.nowMillis()
@@ -155,7 +159,8 @@ public final class RoomStore: Sendable {
         return (room, inserted)
     }
 
-    public func find(kind: String, name: String) async throws -> Room? {
+    /// A named room by kind and name.
+    package func find(kind: String, name: String) async throws -> Room? {
         let key = kind + "\u{0}" + name
         if let room = namedRooms.withLock({ $0[key] }) { return room }
         let rows = try await database.query("SELECT id, kind, name, created_at FROM chat_rooms WHERE kind = ? AND name = ?",

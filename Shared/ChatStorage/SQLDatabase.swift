@@ -6,20 +6,23 @@ import SQLiteNIO
 import ServiceLifecycle
 
 /// A value bound to or read from SQL.
-public enum SQLValue: Sendable, Equatable {
+package enum SQLValue: Sendable, Equatable {
     case text(String)
     case int(Int64)
     case null
 
-    public var string: String? { if case .text(let s) = self { s } else { nil } }
-    public var int: Int64? { if case .int(let i) = self { i } else { nil } }
+    /// The value when it is text.
+    package var string: String? { if case .text(let s) = self { s } else { nil } }
+    /// The value when it is an integer.
+    package var int: Int64? { if case .int(let i) = self { i } else { nil } }
 }
 
-public enum SQLDialect: Sendable { case sqlite, postgres }
+/// Which SQL the statements are written in (placeholders and upserts differ).
+package enum SQLDialect: Sendable { case sqlite, postgres }
 
 /// The little SQL the stores need, over SQLite (embedded, the default) or PostgreSQL. Statements are
 /// written with `?` placeholders; the PostgreSQL backend numbers them.
-public protocol SQLDatabase: Service {
+package protocol SQLDatabase: Service {
     var dialect: SQLDialect { get }
     func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]]
     /// Runs one writing statement on its own (it commits by itself).
@@ -28,13 +31,15 @@ public protocol SQLDatabase: Service {
     func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T
 }
 
-public protocol SQLTransaction: Sendable {
+/// What a transaction's body runs its statements on.
+package protocol SQLTransaction: Sendable {
     func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]]
 }
 
-public enum DatabaseConfigurationError: Error, CustomStringConvertible {
+/// A `CHAT_DATABASE_URL` the services cannot use.
+package enum DatabaseConfigurationError: Error, CustomStringConvertible {
     case unsupportedURL(String)
-    public var description: String {
+    package var description: String {
         switch self {
         case .unsupportedURL(let url): "unsupported database URL '\(url)': use sqlite:PATH or postgres://user:pass@host:port/db"
         }
@@ -42,7 +47,7 @@ public enum DatabaseConfigurationError: Error, CustomStringConvertible {
 }
 
 /// Opens the database a URL names: `sqlite:PATH` (or `sqlite::memory:`) or `postgres://user:pass@host:port/db`.
-public func openDatabase(url: String, logger: Logger) async throws -> any SQLDatabase {
+package func openDatabase(url: String, logger: Logger) async throws -> any SQLDatabase {
     if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
         return try PostgresDatabase(url: url, logger: logger)
     }
@@ -58,8 +63,9 @@ public func openDatabase(url: String, logger: Logger) async throws -> any SQLDat
 
 /// Embedded SQLite in WAL mode: one connection writes (transactions are serialized by an async lock),
 /// another reads, so history reads never see a write transaction half done.
-public final class SQLiteDatabase: SQLDatabase {
-    public let dialect = SQLDialect.sqlite
+package final class SQLiteDatabase: SQLDatabase {
+    /// SQLite's dialect.
+    package let dialect = SQLDialect.sqlite
     let writer: SQLiteConnection
     let reader: SQLiteConnection
     /// Copies the WAL into the database file in the background (nil in memory): the writer never checkpoints
@@ -74,7 +80,8 @@ public final class SQLiteDatabase: SQLDatabase {
         self.checkpointer = checkpointer
     }
 
-    public static func open(path: String, logger: Logger) async throws -> SQLiteDatabase {
+    /// Opens (or creates) the database file in WAL mode, with a writer and a reader connection.
+    package static func open(path: String, logger: Logger) async throws -> SQLiteDatabase {
         if path == ":memory:" {
             let connection = try await SQLiteConnection.open(storage: .memory, logger: logger)
             return SQLiteDatabase(writer: connection, reader: connection)
@@ -98,7 +105,7 @@ public final class SQLiteDatabase: SQLDatabase {
     /// Checkpoints the WAL every half second (passive: it never blocks the writer or a reader) until graceful
     /// shutdown or cancellation, then closes the connections. The close runs in a task of its own, which
     /// cancellation cannot reach: the handles must be closed before they are released.
-    public func run() async throws {
+    package func run() async throws {
         if let checkpointer {
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
                 // Cut short by graceful shutdown: the final checkpoint in `close()` follows at once.
@@ -112,7 +119,8 @@ public final class SQLiteDatabase: SQLDatabase {
         try await Task { try await self.close() }.value
     }
 
-    public func close() async throws {
+    /// Closes both connections.
+    package func close() async throws {
         if let checkpointer {
             _ = try? await Self.run(checkpointer, "PRAGMA wal_checkpoint(TRUNCATE)", [])
             try await checkpointer.close()
@@ -121,15 +129,15 @@ public final class SQLiteDatabase: SQLDatabase {
         if reader !== writer { try await reader.close() }
     }
 
-    public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+    package func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
         try await Self.run(reader, sql, binds)
     }
 
-    public func write(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+    package func write(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
         try await writeLock.withLock { try await Self.run(writer, sql, binds) }
     }
 
-    public func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {
+    package func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {
         try await writeLock.withLock {
             _ = try await Self.run(writer, "BEGIN IMMEDIATE", [])
             do {
@@ -201,12 +209,13 @@ actor AsyncLock {
 // MARK: PostgreSQL
 
 /// PostgreSQL through postgres-nio's pooled client. `run()` runs the pool (it is a Service).
-public final class PostgresDatabase: SQLDatabase {
-    public let dialect = SQLDialect.postgres
+package final class PostgresDatabase: SQLDatabase {
+    /// PostgreSQL's dialect.
+    package let dialect = SQLDialect.postgres
     let client: PostgresClient
     let logger: Logger
 
-    public init(url: String, logger: Logger) throws {
+    package init(url: String, logger: Logger) throws {
         guard let components = URLComponents(string: url), let host = components.host else {
             throw DatabaseConfigurationError.unsupportedURL(url)
         }
@@ -220,19 +229,19 @@ public final class PostgresDatabase: SQLDatabase {
         self.logger = logger
     }
 
-    public func run() async throws {
+    package func run() async throws {
         await client.run()
     }
 
-    public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+    package func query(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
         try await Self.collect(client.query(Self.postgresQuery(sql, binds), logger: logger))
     }
 
-    public func write(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
+    package func write(_ sql: String, _ binds: [SQLValue]) async throws -> [[SQLValue]] {
         try await query(sql, binds)
     }
 
-    public func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {
+    package func transaction<T: Sendable>(_ body: @Sendable (any SQLTransaction) async throws -> T) async throws -> T {
         try await client.withTransaction(logger: logger) { connection in
             try await body(PostgresTransaction(connection: connection, logger: logger))
         }

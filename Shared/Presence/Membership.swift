@@ -5,7 +5,7 @@ import Synchronization
 /// A heartbeat replaces the gateway's whole state (it is the truth; events in between keep it current); a
 /// gateway that stops sending them (it died) is forgotten after `expiry`. Consultation rooms also keep who
 /// is online, by email.
-public final class Membership: Sendable {
+package final class Membership: Sendable {
     struct GatewayState {
         var lastSeen: ContinuousClock.Instant
         var rooms: [String: Int] = [:]
@@ -13,13 +13,14 @@ public final class Membership: Sendable {
         var online: [String: [String: Int]] = [:]
     }
     private let state = Mutex<[String: GatewayState]>([:])
-    public let expiry: Duration
+    package let expiry: Duration
 
-    public init(expiry: Duration) {
+    package init(expiry: Duration) {
         self.expiry = expiry
     }
 
-    public func join(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
+    /// A socket of `gateway` joined `room` (`email`: who, in a consultation room).
+    package func join(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
         state.withLock { gateways in
             var entry = gateways[gateway] ?? GatewayState(lastSeen: now)
             entry.lastSeen = now
@@ -29,7 +30,8 @@ public final class Membership: Sendable {
         }
     }
 
-    public func leave(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
+    /// A socket of `gateway` left `room`.
+    package func leave(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
         state.withLock { gateways in
             guard var entry = gateways[gateway] else { return }
             entry.lastSeen = now
@@ -42,7 +44,8 @@ public final class Membership: Sendable {
         }
     }
 
-    public func heartbeat(gateway: String, rooms: [String: Int], online: [String: [String: Int]] = [:], now: ContinuousClock.Instant = .now) {
+    /// `gateway`'s whole membership now: it replaces what was known of it, and mends any lost join or leave.
+    package func heartbeat(gateway: String, rooms: [String: Int], online: [String: [String: Int]] = [:], now: ContinuousClock.Instant = .now) {
         state.withLock {
             $0[gateway] = GatewayState(lastSeen: now, rooms: rooms.filter { $0.value > 0 },
                                        online: online.mapValues { $0.filter { $0.value > 0 } }.filter { !$0.value.isEmpty })
@@ -50,19 +53,19 @@ public final class Membership: Sendable {
     }
 
     /// Forgets a gateway at once (it said it stops).
-    public func forget(gateway: String) {
+    package func forget(gateway: String) {
         _ = state.withLock { $0.removeValue(forKey: gateway) }
     }
 
     /// Members of a room on every gateway (but `excluding`, whose count the caller knows better).
-    public func members(of room: String, excluding: String? = nil) -> Int {
+    package func members(of room: String, excluding: String? = nil) -> Int {
         state.withLock { gateways in
             gateways.reduce(0) { $0 + ($1.key == excluding ? 0 : ($1.value.rooms[room] ?? 0)) }
         }
     }
 
     /// The emails online in a consultation room (but on `excluding`), with their socket counts.
-    public func online(in room: String, excluding: String? = nil) -> [String: Int] {
+    package func online(in room: String, excluding: String? = nil) -> [String: Int] {
         state.withLock { gateways in
             var out: [String: Int] = [:]
             for (gateway, entry) in gateways where gateway != excluding {
@@ -73,7 +76,7 @@ public final class Membership: Sendable {
     }
 
     /// Forgets gateways not heard from within `expiry`; returns their ids.
-    public func expire(now: ContinuousClock.Instant = .now) -> [String] {
+    package func expire(now: ContinuousClock.Instant = .now) -> [String] {
         state.withLock { gateways in
             let dead = gateways.filter { now - $0.value.lastSeen > expiry }.map(\.key).sorted()
             for id in dead { gateways[id] = nil }
@@ -81,7 +84,8 @@ public final class Membership: Sendable {
         }
     }
 
-    public func snapshot() -> (gateways: Int, rooms: [String: Int]) {
+    /// How many gateways are known, and the members per room across them.
+    package func snapshot() -> (gateways: Int, rooms: [String: Int]) {
         state.withLock { gateways in
             var rooms: [String: Int] = [:]
             for entry in gateways.values { for (room, count) in entry.rooms { rooms[room, default: 0] += count } }

@@ -3,24 +3,25 @@ import Foundation
 
 /// A gateway's report on the membership fanout (`chat.rooms.membership`): a socket joined or left a room, or
 /// the gateway's whole state (its heartbeat), or that it stops. JSON, one per AMQP message.
-public struct MembershipEvent: Codable, Sendable, Equatable {
-    public enum Kind: String, Codable, Sendable {
+package struct MembershipEvent: Codable, Sendable, Equatable {
+    /// What happened: a socket joined or left, a gateway's periodic snapshot, or a gateway that stops.
+    package enum Kind: String, Codable, Sendable {
         case join, leave, heartbeat
         /// The gateway stops (graceful shutdown): forget its members now.
         case stop
     }
-    public var kind: Kind
-    public var gateway: String
+    package var kind: Kind
+    package var gateway: String
     /// For join and leave.
-    public var room: String?
+    package var room: String?
     /// For join and leave of a consultation room: who.
-    public var email: String?
+    package var email: String?
     /// For heartbeats: sockets per room on that gateway.
-    public var rooms: [String: Int]?
+    package var rooms: [String: Int]?
     /// For heartbeats: consultation rooms' sockets per email.
-    public var online: [String: [String: Int]]?
+    package var online: [String: [String: Int]]?
 
-    public init(kind: Kind, gateway: String, room: String? = nil, email: String? = nil, rooms: [String: Int]? = nil,
+    package init(kind: Kind, gateway: String, room: String? = nil, email: String? = nil, rooms: [String: Int]? = nil,
                 online: [String: [String: Int]]? = nil) {
         self.kind = kind
         self.gateway = gateway
@@ -30,7 +31,8 @@ public struct MembershipEvent: Codable, Sendable, Equatable {
         self.online = online
     }
 
-    public func apply(to membership: Membership) {
+    /// Applies the event to a membership.
+    package func apply(to membership: Membership) {
         switch kind {
         case .join: if let room { membership.join(gateway: gateway, room: room, email: email) }
         case .leave: if let room { membership.leave(gateway: gateway, room: room, email: email) }
@@ -41,14 +43,14 @@ public struct MembershipEvent: Codable, Sendable, Equatable {
 }
 
 /// The presence frames sockets receive (docs/protocol.md).
-public enum PresenceFrame {
+package enum PresenceFrame {
     /// `{"type":"presence","room":R,"count":N}` on a named room's sockets.
-    public static func named(room: String, count: Int) -> String {
+    package static func named(room: String, count: Int) -> String {
         "{\"type\":\"presence\",\"room\":\(quoted(room)),\"count\":\(count)}"
     }
 
     /// `{"type":"presence","online":["<email>",...]}` on a consultation room's sockets (sorted).
-    public static func consult(online: [String]) -> String {
+    package static func consult(online: [String]) -> String {
         "{\"type\":\"presence\",\"online\":[\(online.sorted().map(quoted).joined(separator: ","))]}"
     }
 

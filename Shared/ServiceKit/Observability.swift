@@ -8,14 +8,14 @@ import Synchronization
 
 /// The process's metrics and log format: swift-metrics backed by one Prometheus registry, served as
 /// `GET /metrics` by every service, and log lines as text or JSON (`CHAT_LOG_FORMAT`).
-public enum Observability {
+package enum Observability {
     /// The registry `/metrics` reads; every swift-metrics handle made after ``bootstrap()`` lands here.
-    public static let registry = PrometheusCollectorRegistry()
+    package static let registry = PrometheusCollectorRegistry()
     private static let bootstrapped = Atomic<Bool>(false)
 
     /// Makes swift-metrics report to ``registry``; once per process (a second call, as when tests build many
     /// applications in one process, does nothing).
-    public static func bootstrap() {
+    package static func bootstrap() {
         guard bootstrapped.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
         var factory = PrometheusMetricsFactory(registry: registry)
         // Sub-millisecond to seconds: a delivery on an idle stack takes about a millisecond.
@@ -29,7 +29,7 @@ public enum Observability {
     }
 
     /// The Prometheus text exposition of everything recorded so far.
-    public static func exposition() -> ByteBuffer {
+    package static func exposition() -> ByteBuffer {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(16 * 1024)
         registry.emit(into: &bytes)
@@ -37,7 +37,7 @@ public enum Observability {
     }
 
     /// `GET /metrics` in Prometheus's text format.
-    public static func addMetricsRoute<Context: RequestContext>(to router: Router<Context>) {
+    package static func addMetricsRoute<Context: RequestContext>(to router: Router<Context>) {
         router.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: exposition()))
@@ -46,30 +46,31 @@ public enum Observability {
 }
 
 /// How log lines are written: `text` (swift-log's own stream format) or `json` (one object a line).
-public enum LogFormat: String, Sendable, CaseIterable {
+package enum LogFormat: String, Sendable, CaseIterable {
     case text, json
 }
 
 /// Writes one JSON object per log event to standard error: `ts`, `level`, `label`, `msg`, then the metadata
 /// as string fields (`chat.room`, `chat.gateway`, `amqp.queue`, `request.id`, …), for log collectors.
-public struct JSONLogHandler: LogHandler {
-    public var metadata: Logger.Metadata = [:]
-    public var metadataProvider: Logger.MetadataProvider?
-    public var logLevel: Logger.Level = .info
+package struct JSONLogHandler: LogHandler {
+    package var metadata: Logger.Metadata = [:]
+    package var metadataProvider: Logger.MetadataProvider?
+    package var logLevel: Logger.Level = .info
     let label: String
     private static let output = Mutex<Void>(())
 
-    public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
+    package init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
         self.metadataProvider = metadataProvider
     }
 
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    /// The metadata value under `key`.
+    package subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    public func log(event: LogEvent) {
+    package func log(event: LogEvent) {
         var fields = metadata
         if let provided = metadataProvider?.get() { fields.merge(provided) { _, new in new } }
         if let extra = event.metadata { fields.merge(extra) { _, new in new } }

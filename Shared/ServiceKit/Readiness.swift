@@ -4,22 +4,23 @@ import Synchronization
 
 /// What a service still waits for before it can do its work (its database, its partitions): `/health/ready`
 /// answers 503 with these names until each is marked ready, so a load balancer or an orchestrator waits too.
-public final class Readiness: Sendable {
+package final class Readiness: Sendable {
     private let pending = Mutex<[String: String]>([:])
 
-    public init() {}
+    package init() {}
 
     /// Marks `part` as not ready yet, with a reason that `/health/ready` shows.
-    public func waiting(_ part: String, _ reason: String) {
+    package func waiting(_ part: String, _ reason: String) {
         pending.withLock { $0[part] = reason }
     }
 
-    public func ready(_ part: String) {
+    /// `part` is ready: it no longer holds readiness back.
+    package func ready(_ part: String) {
         _ = pending.withLock { $0.removeValue(forKey: part) }
     }
 
     /// The parts not ready yet, with why.
-    public var waitingFor: [String: String] { pending.withLock { $0 } }
+    package var waitingFor: [String: String] { pending.withLock { $0 } }
 }
 
 /// Runs `body` until it succeeds, retrying with exponential backoff (100 ms up to 5 s, logged) instead of
@@ -27,7 +28,7 @@ public final class Readiness: Sendable {
 /// `readiness` as waiting meanwhile. Throws only `CancellationError` (shutdown came first).
 /// Each attempt gets `attemptTimeout` (nil: none, for a body that cannot be cancelled): a pooled database client
 /// waits for a connection rather than failing, and that wait must show up as an attempt that did not succeed.
-public func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, logger: Logger, attemptTimeout: Duration? = .seconds(5),
+package func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, logger: Logger, attemptTimeout: Duration? = .seconds(5),
                                         _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     var delay: Duration = .milliseconds(100)
     var attempt = 1
@@ -49,13 +50,13 @@ public func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, lo
 }
 
 /// An attempt that took longer than it may.
-public struct TimedOut: Error, CustomStringConvertible {
-    public let after: Duration
-    public var description: String { "no answer within \(after)" }
+package struct TimedOut: Error, CustomStringConvertible {
+    package let after: Duration
+    package var description: String { "no answer within \(after)" }
 }
 
 /// Runs `body`, cancelling it and throwing ``TimedOut`` if it takes longer than `limit`.
-public func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+package func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
         group.addTask {
@@ -72,7 +73,7 @@ public func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Senda
 /// ``withTimeout(_:_:)`` it does not wait for `body` to end: a call stuck on a connection that will never answer
 /// is cancelled and left behind, so the caller can retry on another. Only for work that is safe to repeat while
 /// the abandoned attempt may still complete (idempotent writes).
-public func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+package func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     let outcome = DeadlineOutcome<T>()
     return try await withCheckedThrowingContinuation { continuation in
         outcome.set(continuation)

@@ -7,10 +7,10 @@ import Logging
 /// returned as `X-Request-ID`. An id sent by the proxy (nginx's `$request_id`) is kept when it is short and
 /// plain, so that the proxy's log and ours name the same request; otherwise Hummingbird's own is used.
 /// Health checks and scrapes log at debug.
-public struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
-    public init() {}
+package struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
+    package init() {}
 
-    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    package func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         let id = Self.usableID(request.headers[.xRequestID]) ?? context.id
         context.logger[metadataKey: "request.id"] = .string(id)

@@ -7,21 +7,22 @@ import Synchronization
 
 /// Reads configuration from environment variables; every service reads its whole configuration in one
 /// place (its `Configuration.fromEnvironment()`), with the defaults documented in README.md.
-public struct EnvironmentReader: Sendable {
+package struct EnvironmentReader: Sendable {
     let values: [String: String]
 
-    public init(_ values: [String: String] = ProcessInfo.processInfo.environment) {
+    package init(_ values: [String: String] = ProcessInfo.processInfo.environment) {
         self.values = values
     }
 
-    public func string(_ key: String, default fallback: String) -> String {
+    /// The value of `key`, or `fallback` when it is not set.
+    package func string(_ key: String, default fallback: String) -> String {
         guard let value = values[key], !value.isEmpty else { return fallback }
         return value
     }
 
     /// An integer that must lie in `range`: a value that is set but malformed or out of range is refused at
     /// start (``ConfigurationError``) rather than quietly replaced by the default.
-    public func int(_ key: String, default fallback: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+    package func int(_ key: String, default fallback: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         guard let raw = values[key], !raw.isEmpty else { return fallback }
         guard let value = Int(raw), range.contains(value) else {
             throw ConfigurationError.invalid(key, raw, "an integer from \(range.lowerBound) to \(range.upperBound)")
@@ -30,7 +31,7 @@ public struct EnvironmentReader: Sendable {
     }
 
     /// One of a fixed set of values (an enum's raw values): a value outside it is refused at start.
-    public func choice<Value: RawRepresentable & CaseIterable>(_ key: String, default fallback: Value) throws(ConfigurationError) -> Value
+    package func choice<Value: RawRepresentable & CaseIterable>(_ key: String, default fallback: Value) throws(ConfigurationError) -> Value
     where Value.RawValue == String {
         guard let raw = values[key], !raw.isEmpty else { return fallback }
         guard let value = Value(rawValue: raw.lowercased()) else {
@@ -39,28 +40,34 @@ public struct EnvironmentReader: Sendable {
         return value
     }
 
-    public func bool(_ key: String, default fallback: Bool) -> Bool {
-        guard let value = values[key]?.lowercased() else { return fallback }
-        return ["1", "true", "yes", "on"].contains(value)
+    /// `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case); `fallback` when not set; anything else is refused.
+    package func bool(_ key: String, default fallback: Bool) throws(ConfigurationError) -> Bool {
+        guard let raw = values[key], !raw.isEmpty else { return fallback }
+        switch raw.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ConfigurationError.invalid(key, raw, "1, true, yes, on, 0, false, no, off")
+        }
     }
 }
 
 /// A configuration value that cannot be used; the service refuses to start with it.
-public enum ConfigurationError: Error, CustomStringConvertible {
+package enum ConfigurationError: Error, CustomStringConvertible {
     case invalid(String, String, String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .invalid(let key, let value, let expected): "\(key)='\(value)' is not valid: expected \(expected)"
         }
     }
 }
 
-public enum ServiceLogging {
+/// The services' logging and metrics, set up once at start from `CHAT_LOG_FORMAT` and `CHAT_LOG_LEVEL`.
+package enum ServiceLogging {
     /// A service process's logger: the first call sets up the process's logging (`CHAT_LOG_FORMAT`, `text` or
     /// `json`) and its metrics (``Observability/bootstrap()``); the level comes from `CHAT_LOG_LEVEL` (default
     /// `info`). A malformed value of either stops the process with one line saying so.
-    public static func logger(label: String, environment: EnvironmentReader = .init()) -> Logger {
+    package static func logger(label: String, environment: EnvironmentReader = .init()) -> Logger {
         let level: Logger.Level
         let format: LogFormat
         do {
@@ -92,7 +99,7 @@ public enum ServiceLogging {
 
     /// Runs a service's `main`: an error that ends it (its port is taken, its database cannot be opened) is
     /// logged as one line and the process exits with status 1, instead of a crash report.
-    public static func runMain(_ logger: Logger, _ body: () async throws -> Void) async -> Never {
+    package static func runMain(_ logger: Logger, _ body: () async throws -> Void) async -> Never {
         do {
             try await body()
             exit(0)
@@ -103,10 +110,11 @@ public enum ServiceLogging {
     }
 }
 
-public enum HealthRoutes {
+/// The routes every service serves: `/health`, `/health/ready` and `/metrics`.
+package enum HealthRoutes {
     /// `GET /metrics`: Prometheus's text format. `GET /health`: the process is up. `GET /health/ready`: 200 when its broker connection is up and nothing
     /// in `readiness` is still waiting (its database, say), else 503 with what it waits for.
-    public static func add<Context: RequestContext>(to router: Router<Context>, service: String, connection: AMQPConnection,
+    package static func add<Context: RequestContext>(to router: Router<Context>, service: String, connection: AMQPConnection,
                                                     readiness: Readiness = Readiness()) {
         Observability.addMetricsRoute(to: router)
         router.get("/health") { _, _ in
@@ -121,18 +129,18 @@ public enum HealthRoutes {
     }
 
     /// `GET /health`'s answer (docs/openapi.yaml's `Health`).
-    public struct HealthBody: ResponseEncodable {
-        public var status: String
-        public var service: String
-        public var amqp: Bool
+    package struct HealthBody: ResponseEncodable {
+        package var status: String
+        package var service: String
+        package var amqp: Bool
     }
 
     /// `GET /health/ready`'s answer: what the process still waits for, by part (`Readiness`).
-    public struct ReadinessBody: ResponseEncodable {
-        public var ready: Bool
-        public var service: String
-        public var amqp: Bool
-        public var waiting: [String: String]
+    package struct ReadinessBody: ResponseEncodable {
+        package var ready: Bool
+        package var service: String
+        package var amqp: Bool
+        package var waiting: [String: String]
     }
 
 }
@@ -141,16 +149,16 @@ import ServiceLifecycle
 
 /// A service process: its parts run in one `ServiceGroup` and shut down in reverse order on SIGTERM/SIGINT,
 /// so list the broker connection first (closed last) and the parts that use it after it.
-public struct ServiceApplication: Service {
-    public let services: [any Service]
-    public let logger: Logger
+package struct ServiceApplication: Service {
+    package let services: [any Service]
+    package let logger: Logger
 
-    public init(services: [any Service], logger: Logger) {
+    package init(services: [any Service], logger: Logger) {
         self.services = services
         self.logger = logger
     }
 
-    public func run() async throws {
+    package func run() async throws {
         var configuration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -165,13 +173,13 @@ public struct ServiceApplication: Service {
 
 /// Sleeps for `duration`, cut short by graceful shutdown or cancellation; returns false when the caller
 /// should stop (the process is shutting down).
-public func sleepUntilShutdown(for duration: Duration) async -> Bool {
+package func sleepUntilShutdown(for duration: Duration) async -> Bool {
     _ = try? await cancelWhenGracefulShutdown { try await Task.sleep(for: duration) }
     return !Task.isShuttingDownGracefully && !Task.isCancelled
 }
 
 /// A small HTTP server with the health routes, for services that serve nothing else over HTTP.
-public func makeHealthServer(service: String, host: String, port: Int, connection: AMQPConnection, readiness: Readiness = Readiness(),
+package func makeHealthServer(service: String, host: String, port: Int, connection: AMQPConnection, readiness: Readiness = Readiness(),
                              logger: Logger, extraRoutes: (Router<BasicRequestContext>) -> Void = { _ in }) -> some Service {
     let router = Router()
     router.add(middleware: RequestLogMiddleware())
@@ -189,14 +197,14 @@ private func glibcMallocTrim(_ pad: Int) -> Int32
 /// Hands freed heap back to the system every `interval` (glibc keeps it otherwise): after a burst of
 /// connections or requests, a process holding thousands of idle sockets would keep the burst's peak as its
 /// resident size. `malloc_trim` takes milliseconds on a few hundred MiB, off the event loops.
-public struct MemoryTrimmer: Service {
+package struct MemoryTrimmer: Service {
     let interval: Duration
 
-    public init(interval: Duration) {
+    package init(interval: Duration) {
         self.interval = interval
     }
 
-    public func run() async throws {
+    package func run() async throws {
         guard interval > .zero else {
             // Off: stay in the group until shutdown (a part that returns would end the whole process).
             try? await gracefulShutdown()

@@ -27,7 +27,7 @@ import Testing
 
     @Test func aMalformedOrOutOfRangeGatewaySettingIsRefusedByName() throws {
         for (key, value) in [("CHAT_HISTORY_LIMIT", "fifty"), ("CHAT_GATEWAY_PORT", "70000"), ("CHAT_MAX_CONNECTIONS", "-1"),
-                             ("CHAT_REQUEST_TIMEOUT_MS", "5s"), ("CHAT_GATEWAY_THREADS", "0")] {
+                             ("CHAT_REQUEST_TIMEOUT_MS", "5s"), ("CHAT_GATEWAY_THREADS", "0"), ("CHAT_DEV_TOKENS", "maybe")] {
             #expect(throws: ConfigurationError.self, "\(key)=\(value)") {
                 try GatewayConfiguration.fromEnvironment(EnvironmentReader([key: value]))
             }

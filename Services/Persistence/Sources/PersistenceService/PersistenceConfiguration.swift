@@ -3,25 +3,25 @@ import Foundation
 import ServiceKit
 
 /// Configuration of the persistence service, read from the environment in one place.
-public struct PersistenceConfiguration: Sendable {
+package struct PersistenceConfiguration: Sendable {
     /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
-    public var amqpURL: String
+    package var amqpURL: String
     /// `CHAT_DATABASE_URL`: `sqlite:PATH` (default `sqlite:.state/messages.sqlite`) or `postgres://…`.
-    public var databaseURL: String
+    package var databaseURL: String
     /// `CHAT_HEALTH_HOST` / `CHAT_HEALTH_PORT` (default 127.0.0.1:8001): `/health`, `/health/ready`, `/stats`.
-    public var healthHost: String
-    public var healthPort: Int
+    package var healthHost: String
+    package var healthPort: Int
     /// `CHAT_PERSIST_PREFETCH` (default 1000): unacknowledged messages in flight per partition, which bounds a batch.
-    public var prefetch: Int
+    package var prefetch: Int
     /// `CHAT_PERSIST_PARTITIONS` (default 8): partition queues of `chat.inbound`; the same in every gateway and worker.
-    public var partitions: Int
+    package var partitions: Int
     /// `CHAT_PERSIST_WORKER_ID` (default random): this worker's name among the workers.
-    public var workerID: String
+    package var workerID: String
     /// `CHAT_PERSIST_LEASE_SECONDS` (default 3): a worker not heard from for this long loses its partitions to
     /// the others; workers announce themselves three times per lease.
-    public var lease: Duration
+    package var lease: Duration
 
-    public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F", databaseURL: String = "sqlite:.state/messages.sqlite",
+    package init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F", databaseURL: String = "sqlite:.state/messages.sqlite",
                 healthHost: String = "127.0.0.1", healthPort: Int = 8001, prefetch: Int = 1000,
                 partitions: Int = ChatTopology.defaultPartitions, workerID: String = PersistenceConfiguration.randomWorkerID(),
                 lease: Duration = .seconds(3)) {
@@ -35,7 +35,8 @@ public struct PersistenceConfiguration: Sendable {
         self.lease = lease
     }
 
-    public static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
+    /// Reads every `CHAT_*` setting of the persistence service; a malformed or out-of-range value is refused, naming it.
+    package static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
             amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
             databaseURL: env.string("CHAT_DATABASE_URL", default: "sqlite:.state/messages.sqlite"),
@@ -47,7 +48,8 @@ public struct PersistenceConfiguration: Sendable {
             lease: .seconds(try env.int("CHAT_PERSIST_LEASE_SECONDS", default: 3, in: 1...60)))
     }
 
-    public static func randomWorkerID() -> String {
+    /// A short random id for a worker that was given none.
+    package static func randomWorkerID() -> String {
         String(UUID().uuidString.lowercased().prefix(8))
     }
 }

@@ -8,7 +8,7 @@ import ServiceKit
 
 /// Builds the persistence service: broker connection, database, the message writer (with the coordinator of
 /// its partitions), the history responder and the health server (`/stats`: partitions owned, messages stored).
-public func buildApplication(_ configuration: PersistenceConfiguration, logger: Logger) async throws -> ServiceApplication {
+package func buildApplication(_ configuration: PersistenceConfiguration, logger: Logger) async throws -> ServiceApplication {
     var logger = logger
     logger[metadataKey: "chat.worker"] = .string(configuration.workerID)
     let connection = AMQPConnection(

@@ -13,20 +13,21 @@ import ServiceLifecycle
 import Synchronization
 
 /// Configuration of the room service, read from the environment in one place.
-public struct RoomConfiguration: Sendable {
+package struct RoomConfiguration: Sendable {
     /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
-    public var amqpURL: String
+    package var amqpURL: String
     /// `CHAT_DATABASE_URL`: `sqlite:PATH` (default `sqlite:.state/rooms.sqlite`) or `postgres://…`.
-    public var databaseURL: String
+    package var databaseURL: String
     /// `CHAT_HEALTH_HOST` / `CHAT_HEALTH_PORT` (default 127.0.0.1:8002): `/health`, `/health/ready`, `/stats`.
-    public var healthHost: String
-    public var healthPort: Int
+    package var healthHost: String
+    package var healthPort: Int
     /// `CHAT_GATEWAY_EXPIRY_SECONDS` (default 15): a gateway not heard from for this long has its members forgotten.
-    public var gatewayExpiry: Duration
+    package var gatewayExpiry: Duration
     /// `CHAT_ROOMS_INSTANCE_ID` (default random): names this instance's membership queue.
-    public var instanceID: String
+    package var instanceID: String
 
-    public static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
+    /// Reads every `CHAT_*` setting of the room service; a malformed or out-of-range value is refused, naming it.
+    package static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
             amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
             databaseURL: env.string("CHAT_DATABASE_URL", default: "sqlite:.state/rooms.sqlite"),
@@ -39,7 +40,7 @@ public struct RoomConfiguration: Sendable {
 
 /// Builds the room service: rooms in its database, the whole membership from the gateways' fanout (every
 /// instance keeps all of it, so any instance answers alike), requests load-balanced over the instances.
-public func buildApplication(_ configuration: RoomConfiguration, logger: Logger) async throws -> ServiceApplication {
+package func buildApplication(_ configuration: RoomConfiguration, logger: Logger) async throws -> ServiceApplication {
     var logger = logger
     logger[metadataKey: "chat.rooms_instance"] = .string(configuration.instanceID)
     let connection = AMQPConnection(

@@ -14,7 +14,7 @@ import Synchronization
 
 /// Builds the gateway: its broker connection, its channel layer (one exclusive queue for this process),
 /// the heartbeat to the room service, and the HTTP + WebSocket server.
-public func buildApplication(_ configuration: GatewayConfiguration, logger: Logger) async throws -> ServiceApplication {
+package func buildApplication(_ configuration: GatewayConfiguration, logger: Logger) async throws -> ServiceApplication {
     var logger = logger
     logger[metadataKey: "chat.gateway"] = .string(configuration.gatewayID)
     GatewayMetrics.register()
@@ -82,10 +82,11 @@ func addRoutes<Context: RequestContext>(to router: Router<Context>, configuratio
     }
 }
 
-public enum GatewayConfigurationError: Error, CustomStringConvertible {
+/// A gateway configuration that cannot start.
+package enum GatewayConfigurationError: Error, CustomStringConvertible {
     case jwtSecretTooShort(Int)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .jwtSecretTooShort(let bytes): "CHAT_JWT_SECRET must be at least 32 bytes for HS256 (it has \(bytes))"
         }

@@ -4,57 +4,58 @@ import ServiceKit
 import NIOCore
 
 /// Configuration of the gateway, read from the environment in one place (README.md lists them).
-public struct GatewayConfiguration: Sendable {
+package struct GatewayConfiguration: Sendable {
     /// `CHAT_GATEWAY_HOST` / `CHAT_GATEWAY_PORT`: where HTTP and WebSockets are served (default 127.0.0.1:8000).
-    public var host: String
-    public var port: Int
+    package var host: String
+    package var port: Int
     /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
-    public var amqpURL: String
+    package var amqpURL: String
     /// `CHAT_GATEWAY_ID`: names this process's queue (default: random).
-    public var gatewayID: String
+    package var gatewayID: String
     /// `CHAT_MAX_FRAME_BYTES` (default 65536): a larger client message gets an error frame; one over four
     /// times this (at least 1 MiB) closes the socket with 1009.
-    public var maxFrameBytes: Int
+    package var maxFrameBytes: Int
     /// `CHAT_HISTORY_LIMIT` (default 50): messages a socket receives on join.
-    public var historyLimit: Int
+    package var historyLimit: Int
     /// `CHAT_REQUEST_TIMEOUT_MS` (default 5000): how long to wait for the room and persistence services.
-    public var requestTimeout: Duration
+    package var requestTimeout: Duration
     /// `CHAT_MAILBOX_CAPACITY` (default 1024): undelivered messages a socket may fall behind before it is
     /// disconnected with 4008.
-    public var mailboxCapacity: Int
+    package var mailboxCapacity: Int
     /// `CHAT_HEARTBEAT_SECONDS` (default 5): how often the gateway reports its members to the room service.
-    public var heartbeatInterval: Duration
+    package var heartbeatInterval: Duration
     /// `CHAT_JWT_SECRET`: the HS256 secret of the tokens (default: a random one per process, so tokens are
     /// valid on that gateway only; set the same secret on every gateway).
-    public var jwtSecret: String
+    package var jwtSecret: String
     /// `CHAT_DEV_TOKENS=1` enables `POST /api/dev/token` (development only; 404 otherwise).
-    public var devTokens: Bool
+    package var devTokens: Bool
     /// `CHAT_ALLOW_ANONYMOUS=1` lets sockets without a token into the named (tutorial) rooms.
-    public var allowAnonymous: Bool
+    package var allowAnonymous: Bool
     /// `CHAT_ALLOWED_ORIGINS`: comma-separated hosts, origins or `*` a WebSocket's `Origin` must match
     /// (default: the gateway's own host, `localhost`, `127.0.0.1`, `[::1]`).
-    public var allowedOrigins: [String]
+    package var allowedOrigins: [String]
     /// `CHAT_MAX_BODY_BYTES` (default 16384): larger REST request bodies get 413.
-    public var maxBodyBytes: Int
+    package var maxBodyBytes: Int
     /// `CHAT_MAX_CONNECTIONS`: WebSockets this process holds; past it upgrades get 503 (default: the
     /// open-files limit less 512).
-    public var maxConnections: Int?
+    package var maxConnections: Int?
     /// `CHAT_MALLOC_TRIM_SECONDS` (default 10; 0 turns it off): how often freed heap is handed back to the
     /// system, so that resident memory follows the sockets held rather than the last burst.
-    public var mallocTrimInterval: Duration = .seconds(10)
+    package var mallocTrimInterval: Duration = .seconds(10)
     /// `CHAT_GATEWAY_THREADS` (default: half the cores, at least 1): event loop threads serving HTTP and
     /// WebSockets. Fewer loops mean fewer thread hops per broadcast; the other cores go to the AMQP thread, the
     /// broker and the other services when they share the machine (on 2 cores one loop measured best).
-    public var eventLoopThreads: Int = Self.defaultEventLoopThreads
-    public static var defaultEventLoopThreads: Int { max(1, System.coreCount / 2) }
+    package var eventLoopThreads: Int = Self.defaultEventLoopThreads
+    /// Half the cores, at least one.
+    package static var defaultEventLoopThreads: Int { max(1, System.coreCount / 2) }
     /// `CHAT_PERSIST_PARTITIONS` (default 8): the partitions of `chat.inbound`; the same in every gateway and
     /// persistence worker (a room's messages go to the partition its name hashes to).
-    public var partitions: Int = ChatTopology.defaultPartitions
+    package var partitions: Int = ChatTopology.defaultPartitions
     /// `CHAT_GATEWAY_EXPIRY_SECONDS` (default 15): another gateway not heard from for this long has its members
     /// dropped from the presence counts (the room service uses the same variable).
-    public var gatewayExpiry: Duration = .seconds(15)
+    package var gatewayExpiry: Duration = .seconds(15)
 
-    public init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
+    package init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
                 requestTimeout: Duration = .seconds(5), mailboxCapacity: Int = 1024, heartbeatInterval: Duration = .seconds(5),
                 jwtSecret: String = UUID().uuidString + UUID().uuidString, devTokens: Bool = false, allowAnonymous: Bool = false,
@@ -76,7 +77,8 @@ public struct GatewayConfiguration: Sendable {
         self.maxConnections = maxConnections
     }
 
-    public static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
+    /// Reads every `CHAT_*` setting of the gateway; a malformed or out-of-range value is refused, naming it.
+    package static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
             host: env.string("CHAT_GATEWAY_HOST", default: "127.0.0.1"),
             port: try env.int("CHAT_GATEWAY_PORT", default: 8000, in: 0...65535),
@@ -88,8 +90,8 @@ public struct GatewayConfiguration: Sendable {
             mailboxCapacity: try env.int("CHAT_MAILBOX_CAPACITY", default: 1024, in: 1...1_000_000),
             heartbeatInterval: .seconds(try env.int("CHAT_HEARTBEAT_SECONDS", default: 5, in: 1...3600)),
             jwtSecret: env.string("CHAT_JWT_SECRET", default: UUID().uuidString + UUID().uuidString),
-            devTokens: env.bool("CHAT_DEV_TOKENS", default: false),
-            allowAnonymous: env.bool("CHAT_ALLOW_ANONYMOUS", default: false),
+            devTokens: try env.bool("CHAT_DEV_TOKENS", default: false),
+            allowAnonymous: try env.bool("CHAT_ALLOW_ANONYMOUS", default: false),
             allowedOrigins: env.string("CHAT_ALLOWED_ORIGINS", default: "").split(separator: ",")
                 .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.nilIfEmpty,
             maxBodyBytes: try env.int("CHAT_MAX_BODY_BYTES", default: 16384, in: 256...(16 << 20)),
@@ -106,7 +108,8 @@ public struct GatewayConfiguration: Sendable {
         return copy
     }
 
-    public static func randomID() -> String {
+    /// A short random id for a gateway that was given none.
+    package static func randomID() -> String {
         String(UUID().uuidString.lowercased().prefix(8)) + "-\(ProcessInfo.processInfo.processIdentifier)"
     }
 
