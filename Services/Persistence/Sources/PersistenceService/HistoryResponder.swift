@@ -5,6 +5,7 @@ import ChatStorage
 import Foundation
 import Logging
 import NIOCore
+import ServiceKit
 import ServiceLifecycle
 
 /// Answers history requests: the last N messages of a room (before a seq), as the frames sockets receive.
@@ -26,31 +27,12 @@ final class HistoryResponder: Service {
         try await ChatTopology.declare(.historyResponder, on: connection)
         let consumer = connection.consume(queue: ChatTopology.historyQueue, prefetch: 256)
         // Answered concurrently (reads of the WAL reader connection): a burst of joins each asks for history.
-        await withTaskGroup(of: Void.self) { group in
-            var running = 0
-            for await delivery in consumer.cancelOnGracefulShutdown() {
-                if running >= Self.maxConcurrent {
-                    await group.next()
-                    running -= 1
-                }
-                group.addTask { await self.answer(delivery) }
-                running += 1
-            }
-        }
+        await answerConcurrently(consumer, maxConcurrent: Self.maxConcurrent) { delivery in await self.answer(delivery) }
     }
 
     static let maxConcurrent = 16
 
-    /// Replies are not awaited: a lost reply is the requester's timeout.
-    func send(_ reply: AMQPOutgoingMessage) {
-        let logger = self.logger
-        connection.publishPipelined([reply]).onFailure { error in
-            logger.warning("reply not confirmed", metadata: ["error": "\(error)"])
-        }
-    }
-
     func answer(_ delivery: AMQPDelivery) async {
-        defer { delivery.ack() }
         guard let request = try? JSONDecoder().decode(HistoryRequest.self, from: Data(buffer: delivery.body)) else {
             logger.warning("malformed history request")
             return
@@ -59,14 +41,14 @@ final class HistoryResponder: Service {
             switch request {
             case .summaries(let queries):
                 let body = try JSONEncoder().encode(try await store.summaries(queries))
-                if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)) { send(reply) }
+                connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)), logger: logger)
             case .messages(let group, let limit, let beforeSeq):
                 let limit = max(0, min(limit, Self.maxLimit))
                 let messages = limit == 0 ? [] : try await store.history(group: group, beforeSeq: beforeSeq, limit: limit)
                 let body = messages.map(\.clientFrame).joined(separator: "\n")
                 var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count))]
                 if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
-                if let reply = AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers) { send(reply) }
+                connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers), logger: logger)
             }
         } catch {
             logger.error("history request failed", metadata: ["error": "\(error)", "chat.request": "\(request)"])

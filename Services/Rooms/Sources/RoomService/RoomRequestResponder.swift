@@ -40,23 +40,8 @@ final class RoomRequestResponder: Service {
         try await ChatTopology.declare(.roomsResponder, on: connection)
         logger.info("room service consuming")
         let consumer = connection.consume(queue: ChatTopology.roomsQueue, prefetch: 256)
-        // Requests are answered concurrently (up to `maxConcurrent`): a burst of joins of new rooms (each an
-        // insert) must not queue behind one another past the gateways' timeout. Membership changes are
-        // in-memory and each is applied whole; the gateways' heartbeats (full snapshots) keep the counts true.
-        await withTaskGroup(of: Void.self) { group in
-            var running = 0
-            for await delivery in consumer.cancelOnGracefulShutdown() {
-                if running >= Self.maxConcurrent {
-                    await group.next()
-                    running -= 1
-                }
-                group.addTask {
-                    await self.handle(delivery)
-                    delivery.ack()
-                }
-                running += 1
-            }
-        }
+        // Answered concurrently: a burst of joins of new rooms (each an insert) must not queue behind one another.
+        await answerConcurrently(consumer, maxConcurrent: Self.maxConcurrent) { delivery in await self.handle(delivery) }
     }
 
     static let maxConcurrent = 64
@@ -107,12 +92,7 @@ final class RoomRequestResponder: Service {
     }
 
     func reply(to delivery: AMQPDelivery, _ reply: RoomReply) async {
-        guard let body = try? encoder.encode(reply),
-              let message = AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)) else { return }
-        // Not awaited: a lost reply is the requester's timeout, and waiting here would hold the next request.
-        let logger = self.logger
-        connection.publishPipelined([message]).onFailure { error in
-            logger.warning("reply not confirmed", metadata: ["error": "\(error)"])
-        }
+        guard let body = try? encoder.encode(reply) else { return }
+        connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)), logger: logger)
     }
 }
