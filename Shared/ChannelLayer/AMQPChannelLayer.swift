@@ -20,13 +20,17 @@ package final class AMQPChannelLayer: ChannelLayer, Service {
     /// When set, this process's queue is bound to the membership fanout too, and its events go here (on the
     /// connection's thread) instead of to the groups.
     let onMembershipEvent: (@Sendable (ByteBuffer) -> Void)?
+    /// Where persistence's acks to this process's sockets go (messages with the `x-acks` header), on the
+    /// connection's thread.
+    let onAcks: (@Sendable (ByteBuffer) -> Void)?
 
     /// `registry` holds this process's members of groups (made by the caller when something else, presence,
     /// reads it too).
     package init(connection: AMQPConnection, processID: String, registry: GroupRegistry = GroupRegistry(), logger: Logger,
-                onMembershipEvent: (@Sendable (ByteBuffer) -> Void)? = nil) {
+                 onAcks: (@Sendable (ByteBuffer) -> Void)? = nil, onMembershipEvent: (@Sendable (ByteBuffer) -> Void)? = nil) {
         self.connection = connection
         self.onMembershipEvent = onMembershipEvent
+        self.onAcks = onAcks
         let queue = ChatTopology.gatewayQueue(processID)
         self.queueName = queue
         self.registry = registry
@@ -62,6 +66,10 @@ package final class AMQPChannelLayer: ChannelLayer, Service {
     func route(_ delivery: AMQPDelivery) {
         if let onMembershipEvent, delivery.exchange == ChatTopology.membershipExchange {
             onMembershipEvent(delivery.body)
+            return
+        }
+        if let onAcks, delivery.properties.headers[ChatTopology.acksHeader] != nil {
+            onAcks(delivery.body)
             return
         }
         if delivery.properties.correlationID != nil {

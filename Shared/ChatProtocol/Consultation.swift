@@ -111,8 +111,8 @@ package struct RoomSummary: Codable, Sendable, Equatable {
 
 /// What a participant sends on `/ws/room/<id>/messages`.
 package enum ConsultClientFrame: Equatable, Sendable {
-    /// `{"message", "sender_email"?, "shop_user_email", "visitor_user_email"}`
-    case message(text: String, sender: Email?, shop: Email, visitor: Email)
+    /// `{"message", "sender_email"?, "shop_user_email", "visitor_user_email", "client_id"?}`
+    case message(text: String, sender: Email?, shop: Email, visitor: Email, clientID: String?)
     /// `{"type": "read", "up_to_seq": N}`
     case read(upToSeq: Int64)
 
@@ -136,7 +136,8 @@ package enum ConsultClientFrame: Equatable, Sendable {
             return try Email(validating: string)
         }
         let sender: Email? = object["sender_email"] == nil || object["sender_email"] is NSNull ? nil : try email("sender_email")
-        return .message(text: text, sender: sender, shop: try email("shop_user_email"), visitor: try email("visitor_user_email"))
+        return .message(text: text, sender: sender, shop: try email("shop_user_email"), visitor: try email("visitor_user_email"),
+                        clientID: try ClientFrame.clientID(in: object))
     }
 }
 

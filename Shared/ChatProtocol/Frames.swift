@@ -1,11 +1,55 @@
 import Foundation
 import NIOCore
 
-/// What a browser sends on `/ws/chat/<room>/`: `{"message": "<text>"}`.
+/// What a browser sends on `/ws/chat/<room>/`: `{"message": "<text>", "client_id"?: "<1-64 characters>"}`.
 package enum ClientFrame {
-    /// Parses a client frame; every way it can be wrong has its own error text.
+    /// Parses a client frame's text; every way it can be wrong has its own error text.
     package static func parseChatMessage(_ bytes: some Collection<UInt8>) throws(ChatError) -> String {
         try chatMessage(in: parseObject(bytes))
+    }
+
+    /// Parses a client frame: its text, and the client's id for it when it asks for an ack.
+    package static func parseNamedMessage(_ bytes: some Collection<UInt8>) throws(ChatError) -> (text: String, clientID: String?) {
+        let object = try parseObject(bytes)
+        return (try chatMessage(in: object), try clientID(in: object))
+    }
+
+    /// The longest `client_id`, in characters.
+    package static let maxClientIDCharacters = 64
+
+    /// The optional `client_id` of a message: 1 to 64 characters, none of them a control character.
+    package static func clientID(in dictionary: [String: Any]) throws(ChatError) -> String? {
+        guard let value = dictionary["client_id"], !(value is NSNull) else { return nil }
+        guard let id = value as? String, !(value is NSNumber) else { throw .invalidFrame("'client_id' must be a string") }
+        guard !id.isEmpty, id.count <= maxClientIDCharacters, id.utf8.count <= maxClientIDCharacters * 4 else {
+            throw .invalidFrame("'client_id' must be 1 to \(maxClientIDCharacters) characters")
+        }
+        if id.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }) {
+            throw .invalidFrame("'client_id' must not contain control characters")
+        }
+        return id
+    }
+
+    /// `{"type":"ack","client_id","id","seq"}`: the message the client sent with `client_id` is stored as `id`, `seq`.
+    package static func ack(clientID: String, id: String, seq: Int64) -> String {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("type", "ack")
+        writer.field("client_id", clientID)
+        writer.field("id", id)
+        writer.field("seq", seq)
+        writer.endObject()
+        return writer.output
+    }
+
+    /// `{"type":"reset","last_seq"}`: more was missed than a resume sends; live messages follow `last_seq`.
+    package static func reset(lastSeq: Int64) -> String {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("type", "reset")
+        writer.field("last_seq", lastSeq)
+        writer.endObject()
+        return writer.output
     }
 
     /// Parses a frame that must be a JSON object.
@@ -88,13 +132,22 @@ package struct InboundChatMessage: Codable, Sendable, Equatable {
     package var text: String
     /// When the gateway received it, in milliseconds since 1970.
     package var receivedAt: Int64
+    /// The client's own id for it (`client_id`): the room stores one message per client id, and the sender is acked.
+    package var clientID: String?
+    /// Where the ack goes: the sender's gateway queue, and its socket there.
+    package var replyTo: String?
+    package var socket: Int?
 
-    package init(id: String, group: String, sender: String?, text: String, receivedAt: Int64) {
+    package init(id: String, group: String, sender: String?, text: String, receivedAt: Int64,
+                 clientID: String? = nil, replyTo: String? = nil, socket: Int? = nil) {
         self.id = id
         self.group = group
         self.sender = sender
         self.text = text
         self.receivedAt = receivedAt
+        self.clientID = clientID
+        self.replyTo = replyTo
+        self.socket = socket
     }
 }
 
@@ -106,14 +159,17 @@ package struct StoredChatMessage: Codable, Sendable, Equatable {
     package var sender: String?
     package var text: String
     package var createdAt: Int64
+    /// The sender's `client_id` for it, when it gave one (not in frames: only its sender is acked with it).
+    package var clientID: String?
 
-    package init(id: String, group: String, seq: Int64, sender: String?, text: String, createdAt: Int64) {
+    package init(id: String, group: String, seq: Int64, sender: String?, text: String, createdAt: Int64, clientID: String? = nil) {
         self.id = id
         self.group = group
         self.seq = seq
         self.sender = sender
         self.text = text
         self.createdAt = createdAt
+        self.clientID = clientID
     }
 
     /// The frame sockets receive: `{"message", "id", "seq", "room", "time", "sender_email"?}`.

@@ -46,6 +46,26 @@ package enum HistoryRequest: Codable, Sendable, Equatable {
     /// first. The reply's body is their frames, one per line; its `x-seq` header is the first frame's seq
     /// (seqs are contiguous) and `x-count` their number.
     case messages(group: String, limit: Int, beforeSeq: Int64?)
+    /// What a resuming socket missed: the stored messages with seq > `afterSeq`, oldest first, as for
+    /// ``messages(group:limit:beforeSeq:)``, unless there are more than `limit` (then none). The reply's
+    /// `x-last-seq` header is the room's last seq either way, so the gateway can tell a reset.
+    case after(group: String, afterSeq: Int64, limit: Int)
     /// Each room's last message and unread count; the reply's body is a JSON array of ``RoomSummary``.
     case summaries([RoomSummaryQuery])
+}
+
+/// Persistence's word to a sender's gateway that a message sent with a `client_id` is stored: the socket to tell,
+/// and the stored id and seq (a resend's are those of the room's earlier message with that client id).
+package struct MessageAck: Codable, Sendable, Equatable {
+    package var socket: Int
+    package var clientID: String
+    package var id: String
+    package var seq: Int64
+
+    package init(socket: Int, clientID: String, id: String, seq: Int64) {
+        self.socket = socket
+        self.clientID = clientID
+        self.id = id
+        self.seq = seq
+    }
 }

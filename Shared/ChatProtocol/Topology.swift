@@ -61,6 +61,10 @@ package enum ChatTopology {
     package static let seqHeader = "x-seq"
     /// Header carrying how many messages (frames or JSON elements) a body holds.
     package static let countHeader = "x-count"
+    /// Header of a resume's history reply: the room's last seq.
+    package static let lastSeqHeader = "x-last-seq"
+    /// Header of a message of acks to one gateway (their number): a JSON array of ``MessageAck``.
+    package static let acksHeader = "x-acks"
     /// Header of a multi-room broadcast: one line per run, `<group>\t<first seq>\t<count>`, in body order.
     /// The message is published once with the first room's routing key and the others in `CC`.
     package static let runsHeader = "x-runs"

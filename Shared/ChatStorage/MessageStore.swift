@@ -2,7 +2,8 @@ import ChatProtocol
 import Synchronization
 
 /// Where the persistence service keeps messages: table `chat_messages`, one row per message,
-/// unique on `id` (idempotent writes) and on `(grp, seq)` (per-room order).
+/// unique on `id` (idempotent writes), on `(grp, seq)` (per-room order) and on `(grp, client_id)` (one message
+/// per client id in a room, so a client's resend stores nothing new).
 package final class MessageStore: Sendable {
     package let database: any SQLDatabase
     /// The next seq of the rooms this process has written to. The writer is the queue's single active
@@ -29,11 +30,14 @@ package final class MessageStore: Sendable {
                 UNIQUE (grp, seq)
             )
             """,
+            "ALTER TABLE chat_messages ADD COLUMN client_id TEXT",
+            "CREATE UNIQUE INDEX IF NOT EXISTS chat_messages_client ON chat_messages (grp, client_id)",
         ], on: database)
     }
 
     /// Stores a batch in one transaction and returns every message as stored, in the batch's order.
-    /// A message whose id is already stored (a redelivery) is not written again: its stored row is returned.
+    /// A message whose id is already stored (a redelivery), or whose `client_id` its room already has (a client's
+    /// resend, or the same resend twice in the batch), is not written again: the stored row is returned.
     /// `checkExisting` may be false for a batch none of whose messages was ever delivered before: it saves
     /// a query, and should an id exist after all, the insert fails on the primary key and nothing is written
     /// (the caller then stores again with the check).
@@ -49,9 +53,21 @@ package final class MessageStore: Sendable {
                 for chunk in stride(from: 0, to: ids.count, by: 500).map({ Array(ids[$0..<min($0 + 500, ids.count)]) }) {
                     let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
                     let rows = try await tx.query(
-                        "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE id IN (\(marks))",
+                        "SELECT \(Self.columns) FROM chat_messages WHERE id IN (\(marks))",
                         chunk.map { .text($0) })
                     for row in rows { let m = Self.message(row); stored[m.id] = m }
+                }
+                // Rows of the rooms' client ids (resends), found by (room, client id).
+                var byClientID: [ClientKey: StoredChatMessage] = [:]
+                let clientIDs = checkExisting ? Array(Set(batch.filter { stored[$0.id] == nil }.compactMap(\.clientID))) : []
+                for chunk in stride(from: 0, to: clientIDs.count, by: 500).map({ Array(clientIDs[$0..<min($0 + 500, clientIDs.count)]) }) {
+                    let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
+                    let rows = try await tx.query(
+                        "SELECT \(Self.columns) FROM chat_messages WHERE client_id IN (\(marks))", chunk.map { .text($0) })
+                    for row in rows { let m = Self.message(row); if let id = m.clientID { byClientID[ClientKey(group: m.group, id: id)] = m } }
+                }
+                for message in batch where stored[message.id] == nil {
+                    if let id = message.clientID, let row = byClientID[ClientKey(group: message.group, id: id)] { stored[message.id] = row }
                 }
                 // Next seq per room: from the cache, else for all the batch's other rooms in one query per 500 rooms.
                 let batchGroups = Set(batch.filter { stored[$0.id] == nil }.map(\.group))
@@ -70,11 +86,16 @@ package final class MessageStore: Sendable {
                 }
                 var inserts: [StoredChatMessage] = []
                 for message in batch where stored[message.id] == nil {
+                    if let id = message.clientID, let earlier = byClientID[ClientKey(group: message.group, id: id)] {
+                        stored[message.id] = earlier  // the same client id earlier in this batch
+                        continue
+                    }
                     let seq = nextSeq[message.group]!
                     nextSeq[message.group] = seq + 1
                     let row = StoredChatMessage(id: message.id, group: message.group, seq: seq, sender: message.sender,
-                                                text: message.text, createdAt: message.receivedAt)
+                                                text: message.text, createdAt: message.receivedAt, clientID: message.clientID)
                     stored[message.id] = row
+                    if let id = message.clientID { byClientID[ClientKey(group: message.group, id: id)] = row }
                     inserts.append(row)
                 }
                 for chunk in stride(from: 0, to: inserts.count, by: Self.rowsPerInsert).map({
@@ -96,7 +117,16 @@ package final class MessageStore: Sendable {
         return result.0
     }
 
-    /// Rows per INSERT statement (6 binds each: well under every bind-parameter limit).
+    /// A room's client id.
+    struct ClientKey: Hashable {
+        var group: String
+        var id: String
+    }
+
+    /// The columns ``message(_:)`` reads, in its order.
+    static let columns = "id, grp, seq, sender, body, created_at, client_id"
+
+    /// Rows per INSERT statement (7 binds each: well under every bind-parameter limit).
     static let rowsPerInsert = 200
 
     /// The common case, in one statement and one round trip to the database instead of a transaction's
@@ -112,7 +142,7 @@ package final class MessageStore: Sendable {
                 guard let seq = nextSeq[message.group] ?? cache[message.group] else { return nil }
                 nextSeq[message.group] = seq + 1
                 rows.append(StoredChatMessage(id: message.id, group: message.group, seq: seq, sender: message.sender,
-                                              text: message.text, createdAt: message.receivedAt))
+                                              text: message.text, createdAt: message.receivedAt, clientID: message.clientID))
             }
             return (rows, nextSeq)
         }
@@ -129,21 +159,31 @@ package final class MessageStore: Sendable {
     }
 
     static func insertStatement(_ rows: [StoredChatMessage]) -> (String, [SQLValue]) {
-        let values = Array(repeating: "(?,?,?,?,?,?)", count: rows.count).joined(separator: ",")
+        let values = Array(repeating: "(?,?,?,?,?,?,?)", count: rows.count).joined(separator: ",")
         var binds: [SQLValue] = []
-        binds.reserveCapacity(rows.count * 6)
+        binds.reserveCapacity(rows.count * 7)
         for m in rows {
-            binds += [.text(m.id), .text(m.group), .int(m.seq), m.sender.map { .text($0) } ?? .null, .text(m.text), .int(m.createdAt)]
+            binds += [.text(m.id), .text(m.group), .int(m.seq), m.sender.map { .text($0) } ?? .null, .text(m.text), .int(m.createdAt),
+                      m.clientID.map { .text($0) } ?? .null]
         }
-        return ("INSERT INTO chat_messages (id, grp, seq, sender, body, created_at) VALUES \(values)", binds)
+        return ("INSERT INTO chat_messages (\(columns)) VALUES \(values)", binds)
     }
 
     /// The last `limit` messages of a room before `beforeSeq` (all when nil), oldest first.
     package func history(group: String, beforeSeq: Int64? = nil, limit: Int) async throws -> [StoredChatMessage] {
         let rows = try await database.query(
-            "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE grp = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            "SELECT \(Self.columns) FROM chat_messages WHERE grp = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             [.text(group), .int(beforeSeq ?? Int64.max), .int(Int64(limit))])
         return rows.map(Self.message).reversed()
+    }
+
+    /// Up to `limit` messages of a room after `afterSeq`, oldest first, and the room's last seq (0 for none).
+    package func messages(group: String, afterSeq: Int64, limit: Int) async throws -> (messages: [StoredChatMessage], lastSeq: Int64) {
+        let rows = try await database.query(
+            "SELECT \(Self.columns) FROM chat_messages WHERE grp = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+            [.text(group), .int(afterSeq), .int(Int64(limit))])
+        let last = try await database.query("SELECT MAX(seq) FROM chat_messages WHERE grp = ?", [.text(group)]).first?.first?.int ?? 0
+        return (rows.map(Self.message), last)
     }
 
     /// Each room's last message and how many messages after `afterSeq` came from someone other than `reader`.
@@ -151,7 +191,7 @@ package final class MessageStore: Sendable {
         var out: [RoomSummary] = []
         for query in queries {
             let last = try await database.query(
-                "SELECT id, grp, seq, sender, body, created_at FROM chat_messages WHERE grp = ? ORDER BY seq DESC LIMIT 1",
+                "SELECT \(Self.columns) FROM chat_messages WHERE grp = ? ORDER BY seq DESC LIMIT 1",
                 [.text(query.group)]).first.map(Self.message)
             let unread = try await database.query(
                 "SELECT COUNT(*) FROM chat_messages WHERE grp = ? AND seq > ? AND (sender IS NULL OR sender <> ?)",
@@ -174,6 +214,6 @@ package final class MessageStore: Sendable {
 
     static func message(_ row: [SQLValue]) -> StoredChatMessage {
         StoredChatMessage(id: row[0].string ?? "", group: row[1].string ?? "", seq: row[2].int ?? 0, sender: row[3].string,
-                          text: row[4].string ?? "", createdAt: row[5].int ?? 0)
+                          text: row[4].string ?? "", createdAt: row[5].int ?? 0, clientID: row.count > 6 ? row[6].string : nil)
     }
 }

@@ -44,7 +44,8 @@ import Testing
 
     @Test func aGatewayDispatchesEachRunToItsRoomsLocalMembersOnly() async throws {
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: "amqp://guest:guest@127.0.0.1:1/%2F", connectionName: "runs"),
-                                        logger: Logger(label: "test"))  // never run: routing reads no socket
+                                        logger: Logger(label: "test"))  // port 1, where nothing listens: routing reads no socket
+        defer { Task { await connection.close() } }
         let layer = AMQPChannelLayer(connection: connection, processID: "g1", logger: Logger(label: "test"))
         let inA = Mailbox(id: 1)
         try await layer.registry.add("named:a", inA, onFirstMember: {})
@@ -63,6 +64,7 @@ import Testing
     @Test func aMalformedRunsHeaderIsDroppedWhole() async throws {
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: "amqp://guest:guest@127.0.0.1:1/%2F", connectionName: "runs"),
                                         logger: Logger(label: "test"))
+        defer { Task { await connection.close() } }
         let layer = AMQPChannelLayer(connection: connection, processID: "g1", logger: Logger(label: "test"))
         let member = Mailbox(id: 1)
         try await layer.registry.add("named:a", member, onFirstMember: {})

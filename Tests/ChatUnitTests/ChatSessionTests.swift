@@ -19,10 +19,11 @@ import Testing
             session.deliver(seqs.map { ChannelMessage(body: ByteBuffer(string: "m\($0)"), seq: $0) }) { emitted.append($0) }
             actions += emitted
         }
-        mutating func open(history: ClosedRange<Int64>?, failed: Bool = false, presence: String = #"{"type":"presence","count":1}"#) {
+        mutating func open(history: ClosedRange<Int64>?, failed: Bool = false, after: Int64? = nil, reset: Int64? = nil,
+                           presence: String = #"{"type":"presence","count":1}"#) {
             var emitted: [ChatSession.Action] = []
             let frames = history.map { $0.map { ByteBuffer(string: "m\($0)") } } ?? []
-            session.opened(history: frames, firstSeq: history?.lowerBound, historyFailed: failed,
+            session.opened(OpeningHistory(frames: frames, firstSeq: history?.lowerBound, after: after, reset: reset, failed: failed),
                            presence: ByteBuffer(string: presence)) { emitted.append($0) }
             actions += emitted
         }
@@ -110,6 +111,25 @@ import Testing
         r.open(history: nil)
         r.deliver(6...6)
         #expect(r.actions == [.disconnectSlow])
+    }
+
+    @Test func aResumeWritesWhatWasMissedThenLiveWithoutAGapOrADuplicate() {
+        var r = Recorder()
+        r.deliver(8...9)                       // live while the resume is read
+        r.open(history: 6...8, after: 5)       // the client had up to 5
+        #expect(r.written == ["m6", "m7", "m8", Self.presence, "m9"])
+        var q = Recorder()
+        q.open(history: nil, after: 5)         // nothing was missed
+        q.deliver(5...6)
+        q.deliver(8...8)                       // 7 missing: filled from history first
+        #expect(q.written == [Self.presence, "m6"] && q.actions.last == .fillGap(after: 6, before: 8))
+    }
+
+    @Test func aResetIsSaidAndLiveGoesOnAfterIt() {
+        var r = Recorder()
+        r.open(history: nil, after: 5, reset: 900)
+        r.deliver(900...901)
+        #expect(r.written == [#"{"type":"reset","last_seq":900}"#, Self.presence, "m901"])
     }
 
     @Test func historyThatFailedIsSaid() {

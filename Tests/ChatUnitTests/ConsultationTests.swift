@@ -22,9 +22,9 @@ import Testing
 
     @Test func parsesMessagesAndReadReceipts() throws {
         #expect(try parse(#"{"message":"hi","shop_user_email":"S@x.com","visitor_user_email":"v@x.com"}"#)
-            == .message(text: "hi", sender: nil, shop: try Email(validating: "s@x.com"), visitor: try Email(validating: "v@x.com")))
+            == .message(text: "hi", sender: nil, shop: try Email(validating: "s@x.com"), visitor: try Email(validating: "v@x.com"), clientID: nil))
         #expect(try parse(#"{"message":"hi","sender_email":"v@x.com","shop_user_email":"s@x.com","visitor_user_email":"v@x.com"}"#)
-            == .message(text: "hi", sender: try Email(validating: "v@x.com"), shop: try Email(validating: "s@x.com"), visitor: try Email(validating: "v@x.com")))
+            == .message(text: "hi", sender: try Email(validating: "v@x.com"), shop: try Email(validating: "s@x.com"), visitor: try Email(validating: "v@x.com"), clientID: nil))
         #expect(try parse(#"{"type":"read","up_to_seq":12}"#) == .read(upToSeq: 12))
     }
 

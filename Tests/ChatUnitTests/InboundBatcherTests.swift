@@ -5,12 +5,13 @@ import Logging
 import Testing
 @testable import GatewayService
 
-/// How the gateway coalesces client messages on `chat.inbound`, cut by hand (the connection is never run, so
-/// the "when ready" request it queues is never served).
+/// How the gateway coalesces client messages on `chat.inbound`, cut by hand (the connection points at port 1,
+/// where nothing listens, so the "when ready" request it queues is never served).
 @Suite struct InboundBatcherTests {
     func batcher(partitions: Int) throws -> InboundBatcher {
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: "amqp://guest:guest@127.0.0.1:1/%2F", connectionName: "batcher"),
                                         logger: Logger(label: "test"))
+        Task { try await Task.sleep(for: .seconds(2)); await connection.close() }  // after the test has cut by hand
         return InboundBatcher(connection: connection, partitions: partitions)
     }
 

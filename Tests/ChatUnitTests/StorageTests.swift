@@ -80,3 +80,30 @@ extension StorageTests {
         }
     }
 }
+
+extension StorageTests {
+    @Test func aRoomStoresOneMessagePerClientIDAndAResendGetsTheOriginalRow() async throws {
+        try await onEachDatabase { store, _ in
+            let room = "named:client-\(UUID().uuidString.prefix(8))", other = room + "-other"
+            func message(_ text: String, _ clientID: String?, in group: String? = nil) -> InboundChatMessage {
+                InboundChatMessage(id: MessageID.timeOrdered(), group: group ?? room, sender: nil, text: text, receivedAt: 1, clientID: clientID)
+            }
+            let original = try await store.store([message("hello", "c-1"), message("plain", nil)], checkExisting: false)
+            #expect(original.map(\.seq) == [1, 2])
+            // The resend (a new gateway id, after a reconnect): on the fast path the unique index refuses it whole ...
+            let resend = message("hello", "c-1")
+            await #expect(throws: (any Error).self) { _ = try await store.store([resend, message("after", "c-2")], checkExisting: false) }
+            // ... and with the lookup it is the original row, while the new message is stored.
+            let again = try await store.store([resend, message("after", "c-2")], checkExisting: true)
+            #expect(again[0] == original[0] && again[1].seq == 3)
+            // The same client id twice in one batch: one row. The same client id in another room: its own message.
+            let twice = try await store.store([message("x", "c-3"), message("x", "c-3"), message("y", "c-1", in: other)])
+            #expect(twice[0] == twice[1] && twice[0].seq == 4 && twice[2].seq == 1)
+            #expect(try await store.count(group: room) == 4)
+            // A resume reads what came after a seq, and the room's last seq.
+            let after = try await store.messages(group: room, afterSeq: 2, limit: 10)
+            #expect(after.messages.map(\.seq) == [3, 4] && after.lastSeq == 4)
+            #expect(try await store.messages(group: room + "-none", afterSeq: 0, limit: 10).lastSeq == 0)
+        }
+    }
+}

@@ -59,5 +59,10 @@ def test_the_server_answers_as_documented(stack):
     check(api.call("GET", "/api/rooms/zero/messages", token), "get", path)
     check(api.call("GET", f"/api/rooms/{room_id}/messages"), "get", path)
 
+    named = "/api/chat/{room}/messages"
+    check(api.call("GET", "/api/chat/lobby/messages?limit=5"), "get", named)
+    check(api.call("GET", "/api/chat/a%20b/messages"), "get", named)
+    check(api.call("GET", "/api/chat/lobby/messages?before=0"), "get", named)
+
     check(api.call("GET", "/health"), "get", "/health")
     check(api.call("GET", "/health/ready"), "get", "/health/ready")

@@ -14,6 +14,8 @@ final class HistoryResponder: Service {
     let store: MessageStore
     let logger: Logger
     static let maxLimit = 200
+    /// The most a resume asks for (the gateway's `CHAT_RESUME_LIMIT` is at most this).
+    static let maxResume = 1000
 
     init(connection: AMQPConnection, store: MessageStore, logger: Logger) {
         self.connection = connection
@@ -42,6 +44,15 @@ final class HistoryResponder: Service {
             case .summaries(let queries):
                 let body = try JSONEncoder().encode(try await store.summaries(queries))
                 connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)), logger: logger)
+            case .after(let group, let afterSeq, let limit):
+                let limit = max(0, min(limit, Self.maxResume))
+                // One more than asked tells "more were missed than the cap".
+                let (found, last) = try await store.messages(group: group, afterSeq: max(0, afterSeq), limit: limit + 1)
+                let messages = found.count > limit ? [] : found
+                var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count)), ChatTopology.lastSeqHeader: .int(last)]
+                if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
+                let body = messages.map(\.clientFrame).joined(separator: "\n")
+                connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers), logger: logger)
             case .messages(let group, let limit, let beforeSeq):
                 let limit = max(0, min(limit, Self.maxLimit))
                 let messages = limit == 0 ? [] : try await store.history(group: group, beforeSeq: beforeSeq, limit: limit)

@@ -248,9 +248,34 @@ final class MessageWriter: Service {
             logger.warning("dead letters", metadata: ["dead_letters.batch": "\(deadLetters.count)", "dead_letters.total": "\(deadLetterCount)"])
         }
 
-        let broadcasts = Self.broadcasts(of: stored)
+        // What was stored for each message the store took (the refused are left out, in order). A resend of a
+        // client id gets the room's earlier row: it was broadcast when it was stored, so only its ack goes out.
+        let refusedIDs = Set(outcome.refused.map(\.0.id))
+        let taken = zip(messages.lazy.filter { !refusedIDs.contains($0.id) }, stored).map { (message: $0, row: $1) }
+        var broadcastIDs = Set<String>()
+        let broadcasts = Self.broadcasts(of: taken.compactMap { $0.message.id == $0.row.id && broadcastIDs.insert($0.row.id).inserted ? $0.row : nil })
+        let acks = Self.acks(taken)
         logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
-        return PendingAck(confirmation: connection.publishPipelined(broadcasts + deadLetters), deliveries: deliveries)
+        return PendingAck(confirmation: connection.publishPipelined(broadcasts + acks + deadLetters), deliveries: deliveries)
+    }
+
+    /// The acks of the messages sent with a `client_id`: one AMQP message per sender's gateway (on its own queue,
+    /// header `x-acks`), each a JSON array of ``MessageAck``. Not mandatory: a gateway that is gone has no socket
+    /// to ack, and its client resends on reconnect (and is acked then, from the stored row).
+    static func acks(_ taken: [(message: InboundChatMessage, row: StoredChatMessage)]) -> [AMQPOutgoingMessage] {
+        var byGateway: [String: [MessageAck]] = [:]
+        var order: [String] = []
+        for (message, row) in taken {
+            guard let clientID = message.clientID, let replyTo = message.replyTo, let socket = message.socket else { continue }
+            if byGateway[replyTo] == nil { order.append(replyTo) }
+            byGateway[replyTo, default: []].append(MessageAck(socket: socket, clientID: clientID, id: row.id, seq: row.seq))
+        }
+        let encoder = JSONEncoder()
+        return order.compactMap { queue in
+            guard let acks = byGateway[queue], let body = try? encoder.encode(acks) else { return nil }
+            return AMQPOutgoingMessage(exchange: "", routingKey: queue, body: ByteBuffer(bytes: body),
+                                       properties: AMQPProperties(headers: [ChatTopology.acksHeader: .int(Int64(acks.count))]))
+        }
     }
 
     /// The broadcasts of a stored batch: one run per room of consecutive seqs (usually one per room per batch),

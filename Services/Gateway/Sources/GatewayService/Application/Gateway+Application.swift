@@ -26,11 +26,13 @@ package func buildApplication(_ configuration: GatewayConfiguration, logger: Log
     let registry = GroupRegistry()
     let presence = MembershipPresence(gatewayID: configuration.gatewayID, registry: registry, expiry: configuration.gatewayExpiry)
     let decoder = JSONDecoder()
-    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, registry: registry, logger: logger) { body in
+    let sockets = SocketDirectory()
+    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, registry: registry, logger: logger,
+                                 onAcks: { body in sockets.deliverAcks(body) }) { body in
         if let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: body)) { presence.apply(event) }
     }
     let broker = AMQPGatewayBroker(layer: layer, gatewayID: configuration.gatewayID, partitions: configuration.partitions)
-    let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, logger: logger)
+    let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, sockets: sockets, logger: logger)
     guard configuration.jwtSecret.utf8.count >= 32 else {
         throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
     }

@@ -17,6 +17,9 @@ package struct GatewayConfiguration: Sendable {
     package var maxFrameBytes: Int
     /// `CHAT_HISTORY_LIMIT` (default 50): messages a socket receives on join.
     package var historyLimit: Int
+    /// `CHAT_RESUME_LIMIT` (default 500, at most 1000): the most messages a socket resuming with `?since=` is
+    /// sent; one that missed more gets `{"type":"reset"}` and pages back through REST.
+    package var resumeLimit: Int = 500
     /// `CHAT_REQUEST_TIMEOUT_MS` (default 5000): how long to wait for the room and persistence services.
     package var requestTimeout: Duration
     /// `CHAT_MAILBOX_CAPACITY` (default 1024): undelivered messages a socket may fall behind before it is
@@ -100,6 +103,7 @@ package struct GatewayConfiguration: Sendable {
             .with(\.eventLoopThreads, try env.int("CHAT_GATEWAY_THREADS", default: Self.defaultEventLoopThreads, in: 1...256))
             .with(\.partitions, try env.int("CHAT_PERSIST_PARTITIONS", default: ChatTopology.defaultPartitions, in: 1...256))
             .with(\.gatewayExpiry, .seconds(try env.int("CHAT_GATEWAY_EXPIRY_SECONDS", default: 15, in: 1...3600)))
+            .with(\.resumeLimit, try env.int("CHAT_RESUME_LIMIT", default: 500, in: 1...1000))
     }
 
     func with<Value>(_ key: WritableKeyPath<Self, Value>, _ value: Value) -> Self {

@@ -23,11 +23,15 @@ final class GatewayBackend: Service {
 
     /// Who is in which room, here and on the other gateways.
     let presence: any PresenceManager
+    /// This gateway's open sockets, for the acks of their messages.
+    let sockets: SocketDirectory
 
-    init(configuration: GatewayConfiguration, broker: any GatewayBroker, presence: any PresenceManager, logger: Logger) {
+    init(configuration: GatewayConfiguration, broker: any GatewayBroker, presence: any PresenceManager,
+         sockets: SocketDirectory = SocketDirectory(), logger: Logger) {
         self.configuration = configuration
         self.broker = broker
         self.presence = presence
+        self.sockets = sockets
         self.logger = logger
     }
 
@@ -82,6 +86,17 @@ final class GatewayBackend: Service {
         let count = Int(reply.headers[ChatTopology.countHeader]?.intValue ?? 0)
         guard count > 0 else { return (nil, []) }
         return (reply.headers[ChatTopology.seqHeader]?.intValue, FrameBatch.split(reply.body))
+    }
+
+    /// What a socket resuming after `afterSeq` missed: the stored frames (at most `limit`), or a reset to the
+    /// room's last seq when it missed more or knows of seqs the room does not have.
+    func resume(group: String, afterSeq: Int64, limit: Int) async throws -> OpeningHistory {
+        let reply = try await request(HistoryRequest.after(group: group, afterSeq: afterSeq, limit: limit), to: ChatTopology.historyQueue)
+        let last = reply.headers[ChatTopology.lastSeqHeader]?.intValue ?? 0
+        let count = Int(reply.headers[ChatTopology.countHeader]?.intValue ?? 0)
+        if count == 0 && last != afterSeq { return OpeningHistory(reset: last) }
+        let frames = count > 0 ? FrameBatch.split(reply.body) : []
+        return OpeningHistory(frames: frames, firstSeq: reply.headers[ChatTopology.seqHeader]?.intValue, after: afterSeq)
     }
 
     // MARK: Consultation rooms (room service)

@@ -10,6 +10,8 @@ import NIOCore
 protocol GatewayBroker: ChannelLayer {
     /// The groups of this process and their local members.
     var registry: GroupRegistry { get }
+    /// This process's own queue: where replies and acks for its sockets are sent.
+    var replyQueue: String { get }
     /// Declares what the gateway publishes to and consumes from.
     func declareTopology() async throws
     /// Sends a request to a service's queue and waits for its reply.
@@ -42,6 +44,7 @@ struct AMQPGatewayBroker: GatewayBroker {
     }
 
     var registry: GroupRegistry { layer.registry }
+    var replyQueue: String { layer.queueName }
 
     func declareTopology() async throws {
         try await ChatTopology.declare(.gateway(id: gatewayID, partitions: partitions), on: layer.connection)

@@ -18,6 +18,7 @@ final class InMemoryGatewayBroker: GatewayBroker {
     }
 
     var registry: GroupRegistry { layer.registry }
+    let replyQueue = "chat.gateway.memory"
     var submitted: [InboundChatMessage] { state.withLock { $0.submitted } }
     var membershipEvents: [ByteBuffer] { state.withLock { $0.events } }
 

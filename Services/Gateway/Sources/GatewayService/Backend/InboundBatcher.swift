@@ -75,7 +75,8 @@ final class InboundBatcher: Sendable {
         }, confirmation: confirmation)
     }
 
-    /// `[{"id","group","sender"?,"text","receivedAt"}, …]`: what `InboundChatMessage`'s Codable reads.
+    /// `[{"id","group","sender"?,"text","receivedAt","clientID"?,"replyTo"?,"socket"?}, …]`: what
+    /// `InboundChatMessage`'s Codable reads.
     static func encode(_ batch: [InboundChatMessage]) -> String {
         var out = "["
         for (index, message) in batch.enumerated() {
@@ -87,6 +88,9 @@ final class InboundBatcher: Sendable {
             object.field("sender", message.sender)
             object.field("text", message.text)
             object.field("receivedAt", message.receivedAt)
+            object.field("clientID", message.clientID)
+            object.field("replyTo", message.replyTo)
+            object.field("socket", message.socket.map(Int64.init))
             object.endObject()
             out.append(object.output)
         }

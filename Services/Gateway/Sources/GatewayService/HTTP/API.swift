@@ -20,6 +20,9 @@ struct API: Sendable {
         router.get("/api/rooms/:id/messages") { request, context in
             try await failures { try await messages(request, id: context.parameters.get("id") ?? "") }
         }
+        router.get("/api/chat/:room/messages") { request, context in
+            try await failures { try await namedMessages(request, room: context.parameters.get("room") ?? "") }
+        }
     }
 
     /// Turns what is not an ``APIError`` into one: a bad token is 401, a service that did not answer 503.
@@ -113,9 +116,8 @@ struct API: Sendable {
         })
     }
 
-    func messages(_ request: Request, id rawID: String) async throws -> MessagePageBody {
-        let identity = try await authenticator.identify(request)
-        guard let id = Int64(rawID), id > 0 else { throw APIError(.badRequest, "room id must be a positive integer") }
+    /// `limit` (default 50, at most 200) and `before` of a page request.
+    private func page(_ request: Request) throws -> (limit: Int, before: Int64?) {
         let query = request.uri.queryParameters
         var limit = Self.defaultPageSize
         if let raw = query.get("limit") {
@@ -127,6 +129,39 @@ struct API: Sendable {
             guard let value = Int64(raw), value > 0 else { throw APIError(.badRequest, "'before' must be a positive integer") }
             before = value
         }
+        return (limit, before)
+    }
+
+    /// A page of a stored room's messages, read back from the frames persistence encoded for the sockets.
+    private func messagePage(group: String, limit: Int, before: Int64?) async throws -> (messages: [MessageBody], nextBefore: Int64?) {
+        let page = try await backend.history(group: group, limit: limit, beforeSeq: before)
+        let decoder = JSONDecoder()
+        let messages = try page.frames.map { try decoder.decode(MessageBody.self, from: Data(buffer: $0)) }
+        return (messages, page.firstSeq.flatMap { $0 > 1 ? $0 : nil })
+    }
+
+    /// A named room's history, for a client that resumed with a reset: anyone who may open its socket may read it.
+    func namedMessages(_ request: Request, room rawRoom: String) async throws -> NamedMessagePageBody {
+        do throws(AuthError) {
+            _ = try await authenticator.identify(request)
+        } catch {
+            if error != .missing || !configuration.allowAnonymous { throw APIError(.unauthorized, error.description) }
+        }
+        let room: RoomName
+        do throws(ChatError) {
+            room = try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom)
+        } catch {
+            throw APIError(.badRequest, error.description)
+        }
+        let (limit, before) = try page(request)
+        let (messages, next) = try await messagePage(group: ChatGroup.named(room).key, limit: limit, before: before)
+        return NamedMessagePageBody(room: room.value, messages: messages, nextBefore: next)
+    }
+
+    func messages(_ request: Request, id rawID: String) async throws -> MessagePageBody {
+        let identity = try await authenticator.identify(request)
+        guard let id = Int64(rawID), id > 0 else { throw APIError(.badRequest, "room id must be a positive integer") }
+        let (limit, before) = try page(request)
         guard case .success(let found) = await backend.consultRoom(id: id) else {
             throw APIError(.serviceUnavailable, "room service unavailable, try again")
         }
@@ -134,10 +169,7 @@ struct API: Sendable {
         guard room.hasParticipant(identity.email.value, role: identity.role) else {
             throw APIError(.forbidden, "you are not a participant of room \(id)")
         }
-        let page = try await backend.history(group: room.group, limit: limit, beforeSeq: before)
-        // The frames persistence encoded for the sockets, read back as the API's message type.
-        let decoder = JSONDecoder()
-        let messages = try page.frames.map { try decoder.decode(MessageBody.self, from: Data(buffer: $0)) }
-        return MessagePageBody(roomID: id, messages: messages, nextBefore: page.firstSeq.flatMap { $0 > 1 ? $0 : nil })
+        let (messages, next) = try await messagePage(group: room.group, limit: limit, before: before)
+        return MessagePageBody(roomID: id, messages: messages, nextBefore: next)
     }
 }

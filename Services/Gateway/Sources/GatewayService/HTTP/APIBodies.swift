@@ -116,3 +116,21 @@ struct MessagePageBody: ResponseEncodable {
         try container.encode(nextBefore, forKey: .nextBefore)  // null on the room's first page
     }
 }
+
+/// `GET /api/chat/{room}/messages`'s answer: a page of a named room, oldest first.
+struct NamedMessagePageBody: ResponseEncodable {
+    var room: String
+    var messages: [MessageBody]
+    var nextBefore: Int64?
+
+    enum CodingKeys: String, CodingKey {
+        case room, messages, nextBefore = "next_before"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(room, forKey: .room)
+        try container.encode(messages, forKey: .messages)
+        try container.encode(nextBefore, forKey: .nextBefore)  // null on the room's first page
+    }
+}

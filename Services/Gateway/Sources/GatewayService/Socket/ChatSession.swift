@@ -1,5 +1,28 @@
 import ChannelLayer
+import ChatProtocol
 import NIOCore
+
+/// What a socket is sent first: its room's history, what it missed since `after` (a resume), or a reset.
+struct OpeningHistory: Sendable {
+    /// Stored frames, oldest first; the first has seq `firstSeq` (seqs are contiguous).
+    var frames: [ByteBuffer] = []
+    var firstSeq: Int64?
+    /// The seq the client already has (`?since=`): live messages after it follow, a gap is filled.
+    var after: Int64?
+    /// More was missed than a resume sends (or the client knows seqs the room does not have): tell the client,
+    /// and go on after this seq, the room's last.
+    var reset: Int64?
+    /// History did not answer.
+    var failed = false
+
+    init(frames: [ByteBuffer] = [], firstSeq: Int64? = nil, after: Int64? = nil, reset: Int64? = nil, failed: Bool = false) {
+        self.frames = frames
+        self.firstSeq = firstSeq
+        self.after = after
+        self.reset = reset
+        self.failed = failed
+    }
+}
 
 /// The order of one socket's frames, apart from NIO so that it is tested without a broker: the handler feeds it
 /// what happens (opened, broadcasts, client frames, a filled gap) and carries out the actions it emits.
@@ -9,6 +32,9 @@ import NIOCore
 /// - A seq already written (history overlap, a redelivery) is skipped; a gap (messages missed while the
 ///   gateway's queue was re-created) is filled from history before anything after it is written.
 /// - More than `capacity` held broadcasts or kept client frames means the socket fell behind.
+///
+/// - A resume (`?since=`) writes what was missed after `since`, or `{"type":"reset","last_seq"}` when more was
+///   missed than the cap: then live messages follow `last_seq`.
 ///
 /// Actions are emitted through a closure rather than returned in an array: it runs for every socket of every
 /// broadcast.
@@ -52,14 +78,22 @@ struct ChatSession {
         }
     }
 
-    /// The room is joined and its history read (`frames` oldest first, the first with seq `firstSeq`): writes
-    /// the history, then `presence`, then what was held and kept meanwhile.
-    mutating func opened(history frames: [ByteBuffer], firstSeq: Int64?, historyFailed: Bool, presence: ByteBuffer,
-                         emit: (Action) -> Void) {
+    /// The room is joined and its history read: writes the history (or the reset), then `presence`, then what
+    /// was held and kept meanwhile.
+    mutating func opened(_ history: OpeningHistory, presence: ByteBuffer, emit: (Action) -> Void) {
         guard phase == .opening else { return }
-        for frame in frames { emit(.write(frame)) }
-        if let firstSeq { lastSeq = firstSeq + Int64(frames.count) - 1 }
-        if historyFailed { emit(.error("history unavailable")) }
+        if let reset = history.reset {
+            emit(.write(ByteBuffer(string: ClientFrame.reset(lastSeq: reset))))
+            lastSeq = reset
+        } else {
+            for frame in history.frames { emit(.write(frame)) }
+            if let firstSeq = history.firstSeq, !history.frames.isEmpty {
+                lastSeq = firstSeq + Int64(history.frames.count) - 1
+            } else if let after = history.after {
+                lastSeq = after
+            }
+        }
+        if history.failed { emit(.error("history unavailable")) }
         lastPresence = presence
         emit(.write(presence))
         phase = .live

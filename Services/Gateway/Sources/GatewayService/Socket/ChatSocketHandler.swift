@@ -57,6 +57,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         GatewayMetrics.socketsOpen.increment()
         let registry = services.backend.broker.registry
         let member = SocketMember(memberID: registry.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+        services.backend.sockets.add(member)
         self.member = member
         let opener = SessionOpener(services: services, endpoint: endpoint, headers: head?.headers ?? [:], uri: head?.uri ?? "", member: member)
         head = nil
@@ -85,6 +86,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         services.limiter.leave()
         GatewayMetrics.socketsOpen.decrement()
         guard let member else { return }
+        services.backend.sockets.remove(member)
         if let room { leave(room, member) }
     }
 
@@ -145,7 +147,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
             guard session.phase == .opening else { return }
             sendError(text)
             close(code, reason: String(text.prefix(100)))
-        case .opened(let opened, let history, let historyFailed):
+        case .opened(let opened, let history):
             guard session.phase == .opening, context != nil else {
                 // The socket closed (or fell behind) while it was opening: leave what was joined.
                 if let member { leave(opened, member) }
@@ -154,8 +156,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
             room = opened
             // Who is here, at once; later changes come from the ``PresenceNotifier`` at most once a second.
             let presence = ByteBuffer(string: services.backend.presenceFrame(opened.group))
-            session.opened(history: history.frames, firstSeq: history.firstSeq, historyFailed: historyFailed,
-                           presence: presence, emit: perform)
+            session.opened(history, presence: presence, emit: perform)
             context?.flush()
         }
     }
@@ -220,15 +221,15 @@ final class ChatSocketHandler: ChannelInboundHandler {
         switch room.kind {
         case .named:
             do throws(ChatError) {
-                let text = try ClientFrame.parseChatMessage(bytes.readableBytesView)
-                submit(text: text, sender: room.identity?.email)
+                let (text, clientID) = try ClientFrame.parseNamedMessage(bytes.readableBytesView)
+                submit(text: text, sender: room.identity?.email, clientID: clientID)
             } catch {
                 sendError(error.description)
             }
         case .consult(let consultRoom):
             do throws(ChatError) {
                 switch try ConsultClientFrame.parse(bytes.readableBytesView) {
-                case .message(let text, let sender, let shop, let visitor):
+                case .message(let text, let sender, let shop, let visitor, let clientID):
                     guard shop.value == consultRoom.shopUserEmail, visitor.value == consultRoom.visitorUserEmail else {
                         sendError("shop_user_email and visitor_user_email do not match room \(consultRoom.id)")
                         return
@@ -238,7 +239,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
                         sendError("sender_email must be your own email (\(identity.email.value))")
                         return
                     }
-                    submit(text: text, sender: identity.email)
+                    submit(text: text, sender: identity.email, clientID: clientID)
                 case .read(let upToSeq):
                     markRead(room: consultRoom, upTo: upToSeq)
                 }
@@ -249,11 +250,14 @@ final class ChatSocketHandler: ChannelInboundHandler {
     }
 
     /// Hands a message to the persistence service without waiting for the broker; a message the broker does
-    /// not take is reported to this socket with an error frame.
-    private func submit(text: String, sender: Email?) {
+    /// not take is reported to this socket with an error frame. With a `client_id`, persistence acks it to this
+    /// socket once it is stored (``SocketDirectory``).
+    private func submit(text: String, sender: Email?, clientID: String?) {
         guard let group = room?.group, let member else { return }
         let message = InboundChatMessage(id: MessageID.timeOrdered(), group: group, sender: sender?.value, text: text,
-                                         receivedAt: Timestamp.nowMillis())
+                                         receivedAt: Timestamp.nowMillis(), clientID: clientID,
+                                         replyTo: clientID == nil ? nil : services.backend.broker.replyQueue,
+                                         socket: clientID == nil ? nil : member.memberID)
         GatewayMetrics.messagesIn.increment()
         let handler = member.handler, logger = logger
         services.backend.submit(message).onFailure { error in
@@ -285,6 +289,12 @@ final class ChatSocketHandler: ChannelInboundHandler {
 
     private func write(_ frame: ByteBuffer) {
         context?.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
+    }
+
+    /// Writes persistence's ack of one of this socket's messages (``SocketDirectory``).
+    func writeAck(_ frame: ByteBuffer) {
+        guard let context, !closeSent, !finished else { return }
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
     }
 
     func sendError(_ text: String) {

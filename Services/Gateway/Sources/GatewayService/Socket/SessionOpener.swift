@@ -29,7 +29,7 @@ struct OpenedSession: Sendable {
 struct SessionOpener: Sendable {
     enum Outcome: Sendable {
         case refused(String, WebSocketErrorCode)
-        case opened(OpenedSession, history: (firstSeq: Int64?, frames: [ByteBuffer]), historyFailed: Bool)
+        case opened(OpenedSession, history: OpeningHistory)
     }
 
     let services: SocketServices
@@ -40,6 +40,14 @@ struct SessionOpener: Sendable {
 
     func open() async -> Outcome {
         let authenticator = services.authenticator
+        // `?since=<seq>`: resume after the last seq this client has.
+        var since: Int64? = nil
+        if let raw = SocketEndpoint.queryValue("since", in: uri) {
+            guard let value = Int64(raw), value >= 0 else {
+                return .refused("'since' must be a non-negative integer", CloseCode.invalidRoom)
+            }
+            since = value
+        }
         let kind: OpenedSession.Kind
         let room: ChatGroup
         var identity: Identity? = nil
@@ -106,11 +114,14 @@ struct SessionOpener: Sendable {
         GatewayMetrics.joins.increment()
         let session = OpenedSession(kind: kind, group: group, identity: identity)
         do {
+            if let since {
+                return .opened(session, history: try await backend.resume(group: group, afterSeq: since, limit: services.configuration.resumeLimit))
+            }
             let history = try await backend.history(group: group, limit: services.configuration.historyLimit)
-            return .opened(session, history: history, historyFailed: false)
+            return .opened(session, history: OpeningHistory(frames: history.frames, firstSeq: history.firstSeq))
         } catch {
             services.logger.warning("history unavailable", metadata: ["error": "\(error)", "chat.room": "\(group)"])
-            return .opened(session, history: (nil, []), historyFailed: true)
+            return .opened(session, history: OpeningHistory(after: since, failed: true))
         }
     }
 }

@@ -42,3 +42,18 @@ enum SocketEndpoint: Sendable, Equatable {
         }
     }
 }
+
+extension SocketEndpoint {
+    /// A query parameter of the upgrade request's URI, percent-decoded (`since`, `token`).
+    static func queryValue(_ name: String, in uri: String) -> String? {
+        guard let query = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            if parts.first == Substring(name) {
+                let value = parts.count > 1 ? String(parts[1]) : ""
+                return value.removingPercentEncoding ?? value
+            }
+        }
+        return nil
+    }
+}
