@@ -23,8 +23,11 @@ package struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
             log(context.logger, quiet: quiet, request, status: response.status.code, since: started)
             return response
         } catch let error as any HTTPResponseError {
-            log(context.logger, quiet: quiet, request, status: error.status.code, since: started)
-            throw error
+            // An error answer (the API's errors are thrown) carries the request id too.
+            var response = try error.response(from: request, context: context)
+            response.headers[.xRequestID] = id
+            log(context.logger, quiet: quiet, request, status: response.status.code, since: started)
+            return response
         } catch {
             log(context.logger, quiet: false, request, status: 500, since: started)
             throw error

@@ -1,6 +1,7 @@
 import AMQPClient
 import ChatProtocol
 import Foundation
+import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Logging
@@ -105,6 +106,25 @@ import ServiceKit
             let headers = try await bearer(auth, Self.visitor, .visitor)
             try await client.execute(uri: "/api/rooms", method: .get, headers: headers) { #expect($0.status == .serviceUnavailable) }
             try await client.execute(uri: "/api/rooms/7/messages", method: .get, headers: headers) { #expect($0.status == .serviceUnavailable) }
+        }
+    }
+
+    @Test func anErrorAnswerCarriesTheRequestIDToo() async throws {
+        let configuration = GatewayConfiguration()
+        let broker = InMemoryGatewayBroker(respond: Self.respond)
+        let backend = GatewayBackend(configuration: configuration, broker: broker,
+                                     presence: MembershipPresence(gatewayID: "g1", registry: broker.registry, expiry: .seconds(15)),
+                                     logger: Logger(label: "test"))
+        let router = Router()
+        router.add(middleware: RequestLogMiddleware())
+        addRoutes(to: router, configuration: configuration, backend: backend, authenticator: await Authenticator(secret: configuration.jwtSecret),
+                  origins: OriginPolicy(allowed: configuration.allowedOrigins))
+        try await Application(router: router).test(.router) { client in
+            try await client.execute(uri: "/api/rooms", method: .get, headers: [HTTPField.Name("X-Request-ID")!: "req-1"]) { response in
+                #expect(response.status == .unauthorized)
+                #expect(response.headers[HTTPField.Name("X-Request-ID")!] == "req-1")
+                #expect(String(buffer: response.body).contains(#""status":401"#))
+            }
         }
     }
 
