@@ -116,7 +116,8 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"),
             ],
             path: "Services/Gateway/Sources/GatewayService",
-            resources: [.embedInCode("HTTP/Resources/consult.html")],
+            resources: [.embedInCode("HTTP/Resources/consult.html"), .embedInCode("HTTP/Resources/room.html"),
+                        .embedInCode("HTTP/Resources/chat-socket.js")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -150,3 +150,46 @@ def test_consultation_page_shop_and_visitor_in_two_browser_contexts(stack, brows
     WebDriverWait(visitor_page, 10).until(lambda d: "Yes, in two days." in d.find_element(By.ID, "chat-log").text)
     assert shop in visitor_page.find_element(By.ID, "chat-log").text  # shown with its sender
     assert no_alert(shop_page) and no_alert(visitor_page)
+
+
+@pytest.fixture(scope="module")
+def lone_gateway():
+    """A stack whose one gateway the test kills and starts again on the same port."""
+    from conftest import QUICK_MEMBERSHIP, Stack
+    s = Stack("reconnect", env=QUICK_MEMBERSHIP).start()
+    yield s
+    s.stop()
+
+
+def connection_state(driver):
+    return driver.find_element(By.ID, "connection-state").get_attribute("data-state")
+
+
+def test_the_room_page_reconnects_by_itself_and_sends_what_was_typed_meanwhile_exactly_once(lone_gateway, browsers):
+    from conftest import wait_http
+    stack = lone_gateway
+    first, second = browsers
+    room = unique_room("reconnect")
+    enter_room(first, stack.url, room)
+    enter_room(second, stack.url, room)
+    for d in (first, second):
+        WebDriverWait(d, 10).until(lambda d: connection_state(d) == "connected")
+    first.find_element(By.ID, "chat-message-input").send_keys("before", Keys.ENTER)
+    WebDriverWait(second, 10).until(lambda d: "before" in log_text(d))
+
+    port = stack.gateways[0]
+    stack.kill("gateway0")
+    for d in (first, second):
+        WebDriverWait(d, 10).until(lambda d: connection_state(d) == "reconnecting")
+    first.find_element(By.ID, "chat-message-input").send_keys("typed while away", Keys.ENTER)
+    time.sleep(1.0)
+    stack._spawn("gateway0", "Gateway", {"CHAT_GATEWAY_PORT": str(port), "CHAT_GATEWAY_ID": f"{stack.name}-gateway0-again"})
+    wait_http(f"http://127.0.0.1:{port}/health/ready")
+    for d in (first, second):
+        WebDriverWait(d, 30).until(lambda d: connection_state(d) == "connected")
+        WebDriverWait(d, 10).until(lambda d: "typed while away" in log_text(d))
+    first.find_element(By.ID, "chat-message-input").send_keys("after", Keys.ENTER)
+    for d in (first, second):
+        WebDriverWait(d, 10).until(lambda d: "after" in log_text(d))
+        assert log_text(d).splitlines() == ["before", "typed while away", "after"]  # nothing missed or doubled
+    assert stack.stored(room) == [(1, "before"), (2, "typed while away"), (3, "after")]

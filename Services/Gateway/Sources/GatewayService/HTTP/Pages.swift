@@ -9,6 +9,10 @@ enum Pages {
         router.get("/") { _, _ in Response(status: .seeOther, headers: [.location: "/chat/"]) }
         router.get("/chat") { _, _ in html(.ok, indexPage) }
         router.get("/consult") { _, _ in html(.ok, ConsultPage.html) }
+        router.get("/static/chat-socket.js") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/javascript; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: chatSocketScript)))
+        }
         router.get("/chat/:room") { _, context -> Response in
             let raw = context.parameters.get("room") ?? ""
             do throws(ChatError) {
@@ -68,63 +72,16 @@ enum Pages {
         </html>
         """
 
+    /// `Resources/room.html` with the room's name put in: HTML-escaped in the title, a JSON string (with `<`,
+    /// `>`, `&` escaped) in the `room-name` element.
     static func roomPage(_ room: RoomName) -> String {
-        """
-        <!DOCTYPE html>
-        <html>
-        <head>
-            <meta charset="utf-8"/>
-            <title>Chat Room \(escapeHTML(room.value))</title>
-        </head>
-        <body>
-            <p id="presence"></p>
-            <textarea id="chat-log" cols="100" rows="20" readonly></textarea><br>
-            <input id="chat-message-input" type="text" size="100"><br>
-            <input id="chat-message-submit" type="button" value="Send">
-            <script id="room-name" type="application/json">\(JSONWriter.quoted(room.value))</script>
-            <script>
-                const roomName = JSON.parse(document.getElementById('room-name').textContent);
-                const scheme = window.location.protocol === 'https:' ? 'wss://' : 'ws://';
-                const chatSocket = new WebSocket(
-                    scheme + window.location.host + '/ws/chat/' + encodeURIComponent(roomName) + '/'
-                );
-                const log = document.querySelector('#chat-log');
-
-                chatSocket.onmessage = function(e) {
-                    const data = JSON.parse(e.data);
-                    if (data.error !== undefined) {
-                        log.value += ('[error] ' + data.error + '\\n');
-                    } else if (data.type === 'presence') {
-                        document.querySelector('#presence').textContent = data.count + (data.count === 1 ? ' person' : ' people') + ' here';
-                    } else {
-                        log.value += (data.message + '\\n');
-                    }
-                };
-
-                chatSocket.onclose = function(e) {
-                    console.error('Chat socket closed unexpectedly');
-                };
-
-                document.querySelector('#chat-message-input').focus();
-                document.querySelector('#chat-message-input').onkeyup = function(e) {
-                    if (e.key === 'Enter') {  // enter, return
-                        document.querySelector('#chat-message-submit').click();
-                    }
-                };
-
-                document.querySelector('#chat-message-submit').onclick = function(e) {
-                    const messageInputDom = document.querySelector('#chat-message-input');
-                    const message = messageInputDom.value;
-                    chatSocket.send(JSON.stringify({
-                        'message': message
-                    }));
-                    messageInputDom.value = '';
-                };
-            </script>
-        </body>
-        </html>
-        """
+        roomTemplate.replacingOccurrences(of: "{{ROOM_TITLE}}", with: escapeHTML(room.value))
+            .replacingOccurrences(of: "{{ROOM_JSON}}", with: JSONWriter.quoted(room.value))
     }
+
+    static let roomTemplate = String(decoding: PackageResources.room_html, as: UTF8.self)
+    /// The pages' reconnecting, resuming socket (`/static/chat-socket.js`).
+    static let chatSocketScript = String(decoding: PackageResources.chat_socket_js, as: UTF8.self)
 
     static func errorPage(_ reason: String) -> String {
         """
