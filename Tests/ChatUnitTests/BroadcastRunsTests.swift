@@ -44,7 +44,7 @@ import Testing
 
     @Test func aGatewayDispatchesEachRunToItsRoomsLocalMembersOnly() async throws {
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: "amqp://guest:guest@127.0.0.1:1/%2F", connectionName: "runs"),
-                                        logger: Logger(label: "test"))  // port 1, where nothing listens: routing reads no socket
+                                        logger: .quiet)  // port 1, where nothing listens: routing reads no socket
         defer { Task { await connection.close() } }
         let layer = AMQPChannelLayer(connection: connection, processID: "g1", logger: Logger(label: "test"))
         let inA = Mailbox(id: 1)
@@ -63,7 +63,7 @@ import Testing
 
     @Test func aMalformedRunsHeaderIsDroppedWhole() async throws {
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: "amqp://guest:guest@127.0.0.1:1/%2F", connectionName: "runs"),
-                                        logger: Logger(label: "test"))
+                                        logger: .quiet)
         defer { Task { await connection.close() } }
         let layer = AMQPChannelLayer(connection: connection, processID: "g1", logger: Logger(label: "test"))
         let member = Mailbox(id: 1)

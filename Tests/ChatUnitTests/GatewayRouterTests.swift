@@ -134,7 +134,7 @@ import ServiceKit
         let configuration = GatewayConfiguration()
         // Port 1, where nothing listens: the health routes only read whether it is connected.
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: "amqp://guest:guest@127.0.0.1:1/%2F", connectionName: "routes"),
-                                        logger: Logger(label: "test"))
+                                        logger: .quiet)
         defer { Task { await connection.close() } }
         let broker = InMemoryGatewayBroker(respond: Self.respond)
         let backend = GatewayBackend(configuration: configuration, broker: broker,

@@ -10,7 +10,7 @@ import Testing
 @Suite struct InboundBatcherTests {
     func batcher(partitions: Int) throws -> InboundBatcher {
         let connection = AMQPConnection(configuration: try AMQPConfiguration(url: "amqp://guest:guest@127.0.0.1:1/%2F", connectionName: "batcher"),
-                                        logger: Logger(label: "test"))
+                                        logger: .quiet)
         Task { try await Task.sleep(for: .seconds(2)); await connection.close() }  // after the test has cut by hand
         return InboundBatcher(connection: connection, partitions: partitions)
     }

@@ -1,4 +1,5 @@
 import ChannelLayer
+import Logging
 import NIOCore
 
 /// A group member that keeps what it receives, read as an async sequence: the tests' stand-in for a socket.
@@ -25,5 +26,14 @@ final class Mailbox: GroupMember {
             if out.count == count { break }
         }
         return out
+    }
+}
+
+extension Logger {
+    /// For connections the tests point at port 1 on purpose: their reconnect warnings are expected.
+    static var quiet: Logger {
+        var logger = Logger(label: "test.quiet")
+        logger.logLevel = .critical
+        return logger
     }
 }
