@@ -47,8 +47,8 @@ package enum HistoryRequest: Codable, Sendable, Equatable {
     /// (seqs are contiguous) and `x-count` their number.
     case messages(group: String, limit: Int, beforeSeq: Int64?)
     /// What a resuming socket missed: the stored messages with seq > `afterSeq`, oldest first, as for
-    /// ``messages(group:limit:beforeSeq:)``, unless there are more than `limit` (then none). The reply's
-    /// `x-last-seq` header is the room's last seq either way, so the gateway can tell a reset.
+    /// ``messages(group:limit:beforeSeq:)``, unless there are more than `limit` (then none, and the reply has
+    /// `x-truncated`). Its `x-last-seq` header is the room's last seq either way, so the gateway can tell a reset.
     case after(group: String, afterSeq: Int64, limit: Int)
     /// Each room's last message and unread count; the reply's body is a JSON array of ``RoomSummary``.
     case summaries([RoomSummaryQuery])

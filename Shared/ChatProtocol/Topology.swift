@@ -63,6 +63,8 @@ package enum ChatTopology {
     package static let countHeader = "x-count"
     /// Header of a resume's history reply: the room's last seq.
     package static let lastSeqHeader = "x-last-seq"
+    /// Header of a resume's history reply when more were missed than asked for (and none are sent).
+    package static let truncatedHeader = "x-truncated"
     /// Header of a message of acks to one gateway (their number): a JSON array of ``MessageAck``.
     package static let acksHeader = "x-acks"
     /// Header of a multi-room broadcast: one line per run, `<group>\t<first seq>\t<count>`, in body order.

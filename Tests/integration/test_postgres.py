@@ -24,7 +24,7 @@ def test_messages_and_rooms_are_stored_in_postgresql():
         assert stack.stored(room) == [(i + 1, f"pg {i}") for i in range(30)]
         assert psql(stack.pg_url, f"SELECT name FROM chat_rooms WHERE kind = 'named' AND name = '{room}'") == [[room]]
         assert psql(stack.pg_url, "SELECT component, MAX(version) FROM chat_schema GROUP BY component ORDER BY component") == [
-            ["messages", "1"], ["rooms", "5"]]
+            ["messages", "3"], ["rooms", "5"]]
         tables = {r[0] for r in psql(stack.pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         assert {"chat_messages", "chat_rooms", "chat_shop_users", "chat_visitor_users", "chat_consult_rooms", "chat_read_marks"} <= tables
     finally:

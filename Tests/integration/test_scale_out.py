@@ -37,7 +37,7 @@ def owned(stack):
 
 def test_everything_started_at_once_is_ready_with_one_schema_and_split_partitions(scaled):
     assert psql(scaled.pg_url, "SELECT component, MAX(version) FROM chat_schema GROUP BY component ORDER BY component") == [
-        ["messages", "1"], ["rooms", "5"]]
+        ["messages", "3"], ["rooms", "5"]]
     # The workers have found each other and split the partitions evenly, each partition to exactly one.
     assert wait_until(lambda: sorted(len(p) for p in owned(scaled).values()) == [PARTITIONS // 2, PARTITIONS // 2], timeout=15)
     shares = owned(scaled).values()

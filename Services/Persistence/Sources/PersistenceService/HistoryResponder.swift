@@ -50,6 +50,7 @@ final class HistoryResponder: Service {
                 let (found, last) = try await store.messages(group: group, afterSeq: max(0, afterSeq), limit: limit + 1)
                 let messages = found.count > limit ? [] : found
                 var headers: AMQPTable = [ChatTopology.countHeader: .int(Int64(messages.count)), ChatTopology.lastSeqHeader: .int(last)]
+                if found.count > limit { headers[ChatTopology.truncatedHeader] = .bool(true) }
                 if let first = messages.first { headers[ChatTopology.seqHeader] = .int(first.seq) }
                 let body = messages.map(\.clientFrame).joined(separator: "\n")
                 connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(string: body), headers: headers), logger: logger)

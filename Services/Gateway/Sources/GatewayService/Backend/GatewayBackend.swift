@@ -94,7 +94,9 @@ final class GatewayBackend: Service {
         let reply = try await request(HistoryRequest.after(group: group, afterSeq: afterSeq, limit: limit), to: ChatTopology.historyQueue)
         let last = reply.headers[ChatTopology.lastSeqHeader]?.intValue ?? 0
         let count = Int(reply.headers[ChatTopology.countHeader]?.intValue ?? 0)
-        if count == 0 && last != afterSeq { return OpeningHistory(reset: last) }
+        // More missed than the cap, or seqs the room never had. (A room whose last seq moved past `afterSeq` while
+        // the reply was read is no reset: the socket's group holds that broadcast, or fills the gap.)
+        if reply.headers[ChatTopology.truncatedHeader] != nil || (count == 0 && last < afterSeq) { return OpeningHistory(reset: last) }
         let frames = count > 0 ? FrameBatch.split(reply.body) : []
         return OpeningHistory(frames: frames, firstSeq: reply.headers[ChatTopology.seqHeader]?.intValue, after: afterSeq)
     }
