@@ -41,6 +41,11 @@ final class ChatSocketHandler: ChannelInboundHandler {
     /// Messages written while the socket was not writable (the client is not reading).
     private var writtenWhileBlocked = 0
     private var closeSent = false
+    /// Messages sent with a `client_id` whose ack has not come back: a draining gateway waits for them.
+    private var awaitingAcks = 0
+    /// The server is shutting down: the socket closes (1001) once its acks are in, or after ``drainLimit``.
+    private var draining = false
+    static let drainLimit = TimeAmount.seconds(3)
 
     init(services: SocketServices, endpoint: SocketEndpoint, head: HTTPRequestHead) {
         self.services = services
@@ -127,7 +132,14 @@ final class ChatSocketHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            close(.goingAway, reason: "server shutting down")
+            // Drain: take no new messages, and close once what this socket sent is acked (bounded), so that
+            // its client resends nothing it need not when it resumes on another gateway.
+            draining = true
+            if awaitingAcks == 0 { close(.goingAway, reason: "server shutting down") } else {
+                context.eventLoop.scheduleTask(in: Self.drainLimit) { [weak self] in
+                    self?.close(.goingAway, reason: "server shutting down")
+                }
+            }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -254,6 +266,11 @@ final class ChatSocketHandler: ChannelInboundHandler {
     /// socket once it is stored (``SocketDirectory``).
     private func submit(text: String, sender: Email?, clientID: String?) {
         guard let group = room?.group, let member else { return }
+        if draining {
+            sendError("server shutting down; send it again once reconnected")
+            return
+        }
+        if clientID != nil { awaitingAcks += 1 }
         let message = InboundChatMessage(id: MessageID.timeOrdered(), group: group, sender: sender?.value, text: text,
                                          receivedAt: Timestamp.nowMillis(), clientID: clientID,
                                          replyTo: clientID == nil ? nil : services.backend.broker.replyQueue,
@@ -262,7 +279,10 @@ final class ChatSocketHandler: ChannelInboundHandler {
         let handler = member.handler, logger = logger
         services.backend.submit(message).onFailure { error in
             logger.warning("message not accepted by the broker", metadata: ["error": "\(error)"])
-            handler.eventLoop.execute { handler.value.sendError("message not accepted, try again") }
+            handler.eventLoop.execute {
+                if clientID != nil { handler.value.ackArrived() }  // none will come for it
+                handler.value.sendError("message not accepted, try again")
+            }
         }
     }
 
@@ -295,6 +315,13 @@ final class ChatSocketHandler: ChannelInboundHandler {
     func writeAck(_ frame: ByteBuffer) {
         guard let context, !closeSent, !finished else { return }
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
+        ackArrived()
+    }
+
+    /// One awaited ack came (or never will); a draining socket closes when none is left.
+    private func ackArrived() {
+        awaitingAcks = max(0, awaitingAcks - 1)
+        if draining && awaitingAcks == 0 { close(.goingAway, reason: "server shutting down") }
     }
 
     func sendError(_ text: String) {
