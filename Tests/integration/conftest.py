@@ -144,8 +144,10 @@ class Stack:
         """(seq, text) of every stored message of a named room, by seq."""
         group = "named:" + room
         if self.pg_url:
-            rows = psql(self.pg_url, f"SELECT seq, body FROM chat_messages WHERE grp = '{group}' ORDER BY seq")
-            return [(int(s), b) for s, b in rows]
+            # The body hex-encoded: texts may hold newlines and the field separator.
+            rows = psql(self.pg_url, f"SELECT seq, encode(convert_to(body, 'UTF8'), 'hex') FROM chat_messages "
+                                     f"WHERE grp = '{group}' ORDER BY seq")
+            return [(int(s), bytes.fromhex(b).decode()) for s, b in rows]
         import sqlite3
         with sqlite3.connect(self.dir / "messages.sqlite") as db:
             return [(s, b) for s, b in db.execute("SELECT seq, body FROM chat_messages WHERE grp = ? ORDER BY seq", (group,))]
