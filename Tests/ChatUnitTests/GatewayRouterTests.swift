@@ -97,6 +97,11 @@ import ServiceKit
             #expect(try await status("/api/dev/token", .post, [:], #"{"email":"a@b.io","role":"shop"}"#) == .notFound)  // dev tokens off
             #expect(try await status("/ws/chat/lobby/", .get, [.origin: "http://127.0.0.1:8000"]) == .upgradeRequired)
             #expect(try await status("/ws/chat/lobby/", .get, [:]) == .forbidden)  // no Origin: refused, as Django's validator does
+            try await client.execute(uri: "/api/rooms", method: .delete, headers: visitor) { response in
+                #expect(response.status == .methodNotAllowed && response.headers[.allow] == "GET, POST")
+            }
+            #expect(try await status("/api/rooms/7/messages", .trace, [:]) == .methodNotAllowed)
+            #expect(try await status("/api/nothing", .get, [:]) == .notFound)
             #expect(try await status("/ws/chat/lobby/", .get, [.origin: "https://evil.example"]) == .forbidden)
         }
     }

@@ -82,6 +82,7 @@ func addRoutes<Context: RequestContext>(to router: Router<Context>, configuratio
             throw APIError(.upgradeRequired, "this is a WebSocket endpoint")
         }
     }
+    router.add(middleware: MethodNotAllowedMiddleware<Context>(routes: router.routes))
 }
 
 /// A gateway configuration that cannot start.

@@ -7,10 +7,13 @@ import Hummingbird
 struct APIError: HTTPResponseError {
     let status: HTTPResponse.Status
     let message: String
+    /// Extra headers of the answer (`Allow` on a 405).
+    let headers: HTTPFields
 
-    init(_ status: HTTPResponse.Status, _ message: String) {
+    init(_ status: HTTPResponse.Status, _ message: String, headers: HTTPFields = [:]) {
         self.status = status
         self.message = message
+        self.headers = headers
     }
 
     struct Body: Encodable {
@@ -21,6 +24,7 @@ struct APIError: HTTPResponseError {
     func response(from request: Request, context: some RequestContext) throws -> Response {
         var response = try context.responseEncoder.encode(Body(error: message, status: Int(status.code)), from: request, context: context)
         response.status = status
+        for field in headers { response.headers.append(field) }
         return response
     }
 }
