@@ -31,7 +31,8 @@ package final class MessageStore: Sendable {
             )
             """,
             "ALTER TABLE chat_messages ADD COLUMN client_id TEXT",
-            "CREATE UNIQUE INDEX IF NOT EXISTS chat_messages_client ON chat_messages (grp, client_id)",
+            // Partial: a message without a client id costs no entry in it.
+            "CREATE UNIQUE INDEX IF NOT EXISTS chat_messages_client ON chat_messages (grp, client_id) WHERE client_id IS NOT NULL",
         ], on: database)
     }
 
