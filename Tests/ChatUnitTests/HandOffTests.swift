@@ -1,5 +1,7 @@
 import AMQPClient
+@testable import ChatStorage
 @testable import PersistenceService
+import Synchronization
 import Testing
 
 /// The small hand-offs between tasks and threads: the writer's gathering of deliveries, and confirmations.
@@ -64,11 +66,39 @@ import Testing
     }
 }
 
-import Synchronization
-
 /// Strings recorded from any thread.
 final class Recorder: Sendable {
     private let box = Mutex<[String]>([])
     func record(_ value: String) { box.withLock { $0.append(value) } }
     var values: [String] { box.withLock { $0 } }
+}
+
+/// The SQLite writer's FIFO async mutex.
+@Suite struct AsyncLockTests {
+    final class Probe: Sendable {
+        let state = Mutex<(inside: Int, most: Int, order: [Int])>((0, 0, []))
+    }
+
+    @Test func oneHolderAtATimeEveryoneServedAndAThrowingBodyReleasesIt() async throws {
+        let lock = AsyncLock(), probe = Probe()
+        struct Refused: Error {}
+        await #expect(throws: Refused.self) { try await lock.withLock { throw Refused() } }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<50 {
+                group.addTask {
+                    try await lock.withLock {
+                        probe.state.withLock { $0.inside += 1; $0.most = max($0.most, $0.inside) }
+                        try await Task.sleep(for: .milliseconds(1))
+                        probe.state.withLock { $0.inside -= 1; $0.order.append(index) }
+                    }
+                }
+                try await Task.sleep(for: .microseconds(200))  // arrive one after another
+            }
+            try await group.waitForAll()
+        }
+        let (_, most, order) = probe.state.withLock { $0 }
+        #expect(most == 1)
+        #expect(order.count == 50)
+        #expect(order.sorted() == Array(0..<50))
+    }
 }
