@@ -250,10 +250,13 @@ final class MessageWriter: Service {
 
         // What was stored for each message the store took (the refused are left out, in order). A resend of a
         // client id gets the room's earlier row: it was broadcast when it was stored, so only its ack goes out.
-        let refusedIDs = Set(outcome.refused.map(\.0.id))
-        let taken = zip(messages.lazy.filter { !refusedIDs.contains($0.id) }, stored).map { (message: $0, row: $1) }
-        var broadcastIDs = Set<String>()
-        let broadcasts = Self.broadcasts(of: taken.compactMap { $0.message.id == $0.row.id && broadcastIDs.insert($0.row.id).inserted ? $0.row : nil })
+        let accepted: [InboundChatMessage]
+        if outcome.refused.isEmpty { accepted = messages } else {
+            let refusedIDs = Set(outcome.refused.map(\.0.id))
+            accepted = messages.filter { !refusedIDs.contains($0.id) }
+        }
+        let taken = zip(accepted, stored).map { (message: $0, row: $1) }
+        let broadcasts = Self.broadcasts(of: taken.compactMap { $0.message.id == $0.row.id ? $0.row : nil })
         let acks = Self.acks(taken)
         logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
         return PendingAck(confirmation: connection.publishPipelined(broadcasts + acks + deadLetters), deliveries: deliveries)
