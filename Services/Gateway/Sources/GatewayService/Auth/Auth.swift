@@ -68,14 +68,7 @@ struct Authenticator: Sendable {
                 }
             }
         }
-        if let query = uri.split(separator: "?", maxSplits: 1).dropFirst().first {
-            for pair in query.split(separator: "&") {
-                let parts = pair.split(separator: "=", maxSplits: 1)
-                if parts.count == 2, parts[0] == "token", !parts[1].isEmpty {
-                    return String(parts[1]).removingPercentEncoding ?? String(parts[1])
-                }
-            }
-        }
+        if let token = SocketEndpoint.queryValue("token", in: uri), !token.isEmpty { return token }
         return nil
     }
 

@@ -14,14 +14,6 @@ struct OpeningHistory: Sendable {
     var reset: Int64?
     /// History did not answer.
     var failed = false
-
-    init(frames: [ByteBuffer] = [], firstSeq: Int64? = nil, after: Int64? = nil, reset: Int64? = nil, failed: Bool = false) {
-        self.frames = frames
-        self.firstSeq = firstSeq
-        self.after = after
-        self.reset = reset
-        self.failed = failed
-    }
 }
 
 /// The order of one socket's frames, apart from NIO so that it is tested without a broker: the handler feeds it
