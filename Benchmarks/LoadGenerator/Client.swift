@@ -78,14 +78,24 @@ struct ClientRunner: Sendable {
     }
 
     /// The frame of this client's message `n`: `{"message":"<run>|<room>|<sender>|<n>|<send time ns>"}`, plus
-    /// the emails the consultation protocol wants.
+    /// the emails the consultation protocol wants, or inside a Centrifuge publish command (ids from 3 on: 1 and
+    /// 2 are the connect and the subscribe).
     func frame(_ n: Int, sender: Int, into buffer: inout ByteBuffer) {
         let text = "\(runID)|\(plan.room)|\(sender)|\(n)|\(nowNanos())"
-        if options.protocolKind == "consult" {
+        switch options.protocolKind {
+        case "consult":
             buffer.writeString("{\"message\":\"\(text)\",\"sender_email\":\"\(plan.consultEmail!)\",\"shop_user_email\":\"\(plan.shopEmail!)\",\"visitor_user_email\":\"\(plan.visitorEmail!)\"}")
-        } else {
+        case "centrifuge":
+            buffer.writeString("{\"id\":\(n + 3),\"method\":3,\"params\":{\"channel\":\"\(plan.roomName)\",\"data\":{\"message\":\"\(text)\"}}}")
+        default:
             buffer.writeString("{\"message\":\"\(text)\"}")
         }
+    }
+
+    /// Centrifuge: the connect and subscribe commands, in one frame (the protocol takes several objects per
+    /// frame, one per line); the client counts as connected once the subscribe is answered.
+    func centrifugeJoin(into buffer: inout ByteBuffer) {
+        buffer.writeString("{\"id\":1,\"params\":{}}\n{\"id\":2,\"method\":1,\"params\":{\"channel\":\"\(plan.roomName)\"}}")
     }
 }
 
@@ -196,11 +206,24 @@ final class WebSocketLoadHandler: ChannelInboundHandler {
 
     var runner: ClientRunner { session.runner }
     var options: Options { session.runner.options }
+    var centrifuge: Bool { session.runner.options.protocolKind == "centrifuge" }
+
+    /// The socket is in its room (named and consult: once upgraded; Centrifuge: once subscribed).
+    func joined() {
+        guard !session.result.connected else { return }
+        session.result.connected = true
+        runner.progress.connected.add(1, ordering: .relaxed)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        session.result.connected = true
-        runner.progress.connected.add(1, ordering: .relaxed)
+        if centrifuge {
+            var join = context.channel.allocator.buffer(capacity: 128)
+            runner.centrifugeJoin(into: &join)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: join)), promise: nil)
+        } else {
+            joined()
+        }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
         runner.stop.onOpen { _ in loop.execute { bound.value.stopRun() } }
@@ -260,11 +283,30 @@ final class WebSocketLoadHandler: ChannelInboundHandler {
     // MARK: Receiving
 
     func received(_ buffer: ByteBuffer) {
-        let runID = session.runIDBytes
-        let parsed = buffer.withUnsafeReadableBytes { parseDelivery($0, runID: runID) }
-        guard let d = parsed else {
-            if buffer.readableBytesView.firstRange(of: errorKey) != nil {
-                if session.result.errors == 0 { ErrorSamples.record(String(buffer: buffer)) }
+        guard centrifuge else {
+            buffer.withUnsafeReadableBytes { received(object: $0) }
+            return
+        }
+        // Centrifuge: one JSON object per line; the reply to the subscribe (id 2) completes the join.
+        buffer.withUnsafeReadableBytes { bytes in
+            var start = 0
+            while start < bytes.count {
+                let end = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) ?? bytes.count
+                let object = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+                if !session.result.connected, object.starts(with: subscribeReplyPrefix) {
+                    if object.firstRange(of: errorKey) == nil { joined() } else { received(object: object) }
+                } else if !object.isEmpty {
+                    received(object: object)
+                }
+                start = end + 1
+            }
+        }
+    }
+
+    func received(object bytes: UnsafeRawBufferPointer) {
+        guard let d = parseDelivery(bytes, runID: session.runIDBytes) else {
+            if bytes.firstRange(of: errorKey) != nil {
+                if session.result.errors == 0 { ErrorSamples.record(String(decoding: bytes, as: UTF8.self)) }
                 session.result.errors += 1
             }
             return
@@ -411,6 +453,7 @@ final class WebSocketLoadHandler: ChannelInboundHandler {
 }
 
 private let errorKey = Array("\"error\"".utf8)
+private let subscribeReplyPrefix = Array("{\"id\":2,".utf8)
 
 /// The first few distinct error frames of a run, printed to stderr at its end (what the errors were).
 enum ErrorSamples {

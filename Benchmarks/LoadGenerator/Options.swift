@@ -4,7 +4,7 @@ import Foundation
 struct Options: Sendable {
     var url = "http://127.0.0.1:8000"
     var origin: String?
-    /// `named` (tutorial rooms) or `consult` (1:1 rooms).
+    /// `named` (tutorial rooms), `consult` (1:1 rooms) or `centrifuge` (Centrifuge's JSON protocol, rooms as channels).
     var protocolKind = "named"
     /// How consultation rooms are set up: `ours` (dev tokens + POST /api/rooms) or `anchor` (POST /chat/rooms/).
     var api = "ours"
@@ -44,7 +44,9 @@ struct Options: Sendable {
           --url URL               base URL (default http://127.0.0.1:8000)
           --origin ORIGIN         Origin of the REST set-up calls (default: the base URL); WebSocket
                                   upgrades carry the client's own `Origin: ws://<host>`
-          --protocol named|consult
+          --protocol named|consult|centrifuge
+                                  centrifuge: one WebSocket at /connection/websocket per client, connect +
+                                  subscribe to its room's channel, publish commands, pushes (several per frame)
           --api ours|anchor       how consultation rooms are created (default ours)
           --rooms R --clients C   R rooms of C clients (consult: C is 2)
           --senders S             senders per room (default: all clients)
@@ -103,6 +105,7 @@ struct Options: Sendable {
             }
             i += 1
         }
+        guard ["named", "consult", "centrifuge"].contains(o.protocolKind) else { fail("unknown protocol \(o.protocolKind)") }
         if o.protocolKind == "consult" { o.clientsPerRoom = 2 }
         if o.rate == nil && o.window == nil && o.sweep.isEmpty && o.idle == nil { o.rate = 10 }
         return o

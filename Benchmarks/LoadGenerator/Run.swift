@@ -113,8 +113,9 @@ enum Setup {
                 }
             } else {
                 let name = "bench_\(runID)_\(room)"  // \w+ only: the reference routes rooms with the tutorial's regex
+                let url = o.protocolKind == "centrifuge" ? "\(o.wsBase)/connection/websocket" : "\(o.wsBase)/ws/chat/\(name)/"
                 for i in 0..<perRoom {
-                    plans.append(ClientPlan(index: plans.count, room: room, roomName: name, url: "\(o.wsBase)/ws/chat/\(name)/",
+                    plans.append(ClientPlan(index: plans.count, room: room, roomName: name, url: url,
                                             sender: i < o.senders ? senderID : nil, consultEmail: nil, shopEmail: nil, visitorEmail: nil))
                     if i < o.senders { senderID += 1 }
                 }
