@@ -14,6 +14,11 @@ enum ProcessStats {
         return (user + system) / ticksPerSecond
     }
 
+    /// The process's command name (`/proc/PID/comm`), or its pid if it is gone.
+    static func name(_ pid: Int32) -> String {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "\(pid)"
+    }
+
     /// Resident set size in KiB.
     static func rssKiB(_ pid: Int32) -> Int {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }

@@ -27,6 +27,8 @@ struct Report: Codable, Sendable {
     var sendSeconds = 0.0
     var serverCPUSeconds = 0.0
     var serverCPUPercent = 0.0
+    /// The server CPU seconds of the run, process by process (the order of `--pids`).
+    var serverCPUSecondsByProcess: [ProcessCPU] = []
     var serverPeakRSSMiB = 0.0
     var generatorCPUPercent = 0.0
     var generatorThreads = 0
@@ -55,9 +57,19 @@ struct Report: Codable, Sendable {
         row("latency p50 / p90 / p99 / max", String(format: "%.1f / %.1f / %.1f / %.1f ms", latencyP50Ms, latencyP90Ms, latencyP99Ms, latencyMaxMs))
         row("delivered messages per second", String(format: "%.0f", deliveriesPerSecond))
         row("server CPU", String(format: "%.1f s (%.0f%% of one core)", serverCPUSeconds, serverCPUPercent))
+        if serverCPUSecondsByProcess.count > 1 {
+            row("  by process", serverCPUSecondsByProcess.map { String(format: "%@ %.2f s", $0.name, $0.seconds) }.joined(separator: ", "))
+        }
         row("server peak RSS", String(format: "%.1f MiB", serverPeakRSSMiB))
         row("generator CPU (threads)", String(format: "%.0f%% of one core (%d event loops); max schedule lag %.1f ms", generatorCPUPercent, generatorThreads, scheduleLagMaxMs))
     }
+}
+
+/// One server process's CPU seconds over a run.
+struct ProcessCPU: Codable, Sendable {
+    var pid: Int32
+    var name: String
+    var seconds: Double
 }
 
 func percentile(_ sorted: [UInt32], _ p: Double) -> Double {

@@ -53,7 +53,8 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     let rssAtStart = o.pids.first.map(ProcessStats.rssKiB) ?? 0
     let sampler = RSSSampler(pids: o.pids)
     sampler.start()
-    let cpuBefore = o.pids.reduce(0) { $0 + ProcessStats.cpuSeconds($1) }
+    let cpuBeforeByPID = o.pids.map(ProcessStats.cpuSeconds)
+    let cpuBefore = cpuBeforeByPID.reduce(0, +)
     let selfBefore = ProcessStats.cpuSeconds(getpid())
     let wallStart = ContinuousClock.now
     start.open()
@@ -70,7 +71,8 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     }
     let wall = ContinuousClock.now - wallStart
     let wallSeconds = Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18
-    let cpuAfter = o.pids.reduce(0) { $0 + ProcessStats.cpuSeconds($1) }
+    let cpuAfterByPID = o.pids.map(ProcessStats.cpuSeconds)
+    let cpuAfter = cpuAfterByPID.reduce(0, +)
     let selfAfter = ProcessStats.cpuSeconds(getpid())
     let peakKiB = sampler.stop()
     stop.open()
@@ -103,6 +105,9 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     report.offeredMessagesPerSecond = Double(report.messagesSent) / o.duration
     report.serverCPUSeconds = cpuAfter - cpuBefore
     report.serverCPUPercent = 100 * report.serverCPUSeconds / wallSeconds
+    report.serverCPUSecondsByProcess = zip(o.pids, zip(cpuBeforeByPID, cpuAfterByPID)).map { pid, cpu in
+        ProcessCPU(pid: pid, name: ProcessStats.name(pid), seconds: cpu.1 - cpu.0)
+    }
     report.serverPeakRSSMiB = Double(peakKiB) / 1024
     report.generatorCPUPercent = 100 * (selfAfter - selfBefore) / wallSeconds
     report.generatorThreads = o.threads

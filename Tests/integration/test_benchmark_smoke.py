@@ -55,3 +55,32 @@ def test_idle_mode_checks_every_connection_answers(stack, tmp_path):
     [report] = load(["--url", stack.url, "--idle", "30", "--hold", "1", "--pids", str(stack.procs["gateway0"].pid)], tmp_path)
     assert report["connectionsOpened"] == 30 and report["idleConnectionsAnswering"] == 30
     assert report["serverRSSPerConnectionKiB"] is not None
+
+
+def peers_dir():
+    """The peers as the team provides them (../shared/anchor/peers), else the copy kept in Benchmarks/Peers."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    shared = root.parent / "shared" / "anchor" / "peers"
+    return shared if (shared / "centrifuge" / "run.sh").exists() else root / "Benchmarks" / "Peers"
+
+
+def test_the_centrifuge_protocol_against_the_centrifuge_peer(tmp_path):
+    """The generator's centrifuge protocol (connect + subscribe, publish commands, several pushes per frame)
+    against the real Centrifuge chat server: every publication reaches every subscriber of its channel, in order;
+    a second run in the same channels finds the first run's history and ignores it."""
+    port = free_port()
+    env = dict(__import__("os").environ, CENTRIFUGE_STATE=str(tmp_path / "centrifuge"))
+    script = peers_dir() / "centrifuge" / "run.sh"
+    started = subprocess.run(["bash", str(script), "start", str(port), "50"], env=env, capture_output=True, text=True, timeout=600)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        pid = (tmp_path / "centrifuge" / "pid").read_text().strip()
+        for _ in range(2):
+            [report] = load(["--url", f"http://127.0.0.1:{port}", "--protocol", "centrifuge", "--rooms", "3", "--clients", "4",
+                             "--rate", "20", "--pids", pid], tmp_path)
+            exact(report, sent_per_sender_at_least=12)
+            assert report["deliveriesExpected"] == report["messagesSent"] * 4
+            assert report["errorFrames"] == 0 and report["serverCPUSeconds"] >= 0
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(port)], env=env, capture_output=True, timeout=60)

@@ -1,6 +1,8 @@
 """Turns the load generator's JSON reports into docs/benchmarks.md: per shape, each system's saturation
 (highest offered rate with nothing lost, duplicated, misrouted or reordered and p99 under the limit), our
-p99 at the reference's best rate, the ratio ours/reference, and ours as a fraction of the bare server."""
+p99 at the reference's best rate, the ratios ours/reference and ours/peer, ours as a fraction of the bare
+server; the fixed-rate runs (CPU per delivery, latency, whole-system RSS) and idle sockets of every system.
+Usage: bench_table.py RESULTS [CURRENT_MD]; what follows HAND_WRITTEN in CURRENT_MD is kept at the end."""
 import glob
 import json
 import os
@@ -10,8 +12,15 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-results = sys.argv[1]  # (a second argument, the --repeat asked for, is ignored: the runs present are counted)
+results = sys.argv[1]
+HAND_WRITTEN = "<!-- hand-written below: ./scripts/bench keeps everything after this line -->"
+kept = ""
+if len(sys.argv) > 2 and os.path.exists(sys.argv[2]):
+    current = open(sys.argv[2]).read()
+    if HAND_WRITTEN in current:
+        kept = current.split(HAND_WRITTEN, 1)[1].strip("\n")
 P99_LIMIT = 100.0
+PEERS = ["nchan", "centrifuge"]
 SHAPES = {
     "a": "(a) 10 rooms × 10 clients, all send",
     "b": "(b) 100 rooms × 10 clients, all send",
@@ -60,7 +69,7 @@ def at_rate(run, rate):
 def run_counts():
     """How many runs of each sweep every system has (e.g. 'reference 3, ours 1, bare 1')."""
     counts = {}
-    for system in ("reference", "ours", "bare"):
+    for system in ("reference", "ours", "nchan", "centrifuge", "bare"):
         n = [len(load(system, shape)) for shape in SHAPES]
         n = [x for x in n if x]
         if n:
@@ -73,7 +82,7 @@ load_avg = " ".join(open("/proc/loadavg").read().split()[:3])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "?")
 lines += [
-    "# Benchmarks: ours side by side with the Django Channels reference",
+    "# Benchmarks: ours side by side with the Django Channels reference and the fast peers (nchan, Centrifuge)",
     "",
     f"Table written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} (from the runs listed under Commands, run on this day) on {os.cpu_count()} cores ({cpu}), "
     f"{int(mem) // 1024 // 1024} GiB, load average before the table was written: {load_avg}. "
@@ -82,6 +91,8 @@ lines += [
     "",
     "- **reference**: `../shared/anchor/run_anchor.sh --layer redis` (Django 5.2, Channels 4.3, channels_redis, one uvicorn worker, SQLite).",
     "- **ours**: `./scripts/bench` starts a private RabbitMQ and the gateway, persistence and room services (release build, SQLite); every message is stored before it is broadcast.",
+    "- **nchan**: `../shared/anchor/peers/nchan/run.sh` (nginx 1.22 + nchan 1.3.6, C, in memory, 1 worker, last 50 messages per channel); speaks our named-room protocol.",
+    "- **centrifuge**: `../shared/anchor/peers/centrifuge/run.sh` (the Centrifuge Go library, memory broker, history of 50 per channel); the generator speaks its JSON protocol (`--protocol centrifuge`).",
     "- **bare**: `BroadcastServer`, an in-process WebSocket broadcast server with no broker and no database: the ceiling on this machine.",
     "",
     f"Saturation = the highest offered rate (messages/s per sender, open loop) with 0 lost, 0 duplicated, 0 misrouted, 0 out of order and p99 ≤ {P99_LIMIT:.0f} ms; the figure is the deliveries/s measured at that rate.",
@@ -89,32 +100,106 @@ lines += [
     "The reference's own README uses p99 < 200 ms; where it has no rate with p99 ≤ 100 ms, its column shows its "
     "≤ 200 ms saturation, marked †, and the ratio uses that (so it flatters the reference).",
     "",
-    "| shape | reference deliveries/s (p99) | ours deliveries/s (p99) | ours / reference | bare deliveries/s | ours / bare | ours p99 at the reference's best rate |",
-    "|---|---|---|---|---|---|---|",
+    "| shape | reference deliveries/s (p99) | ours deliveries/s (p99) | ours / reference | nchan (p99) | ours / nchan | centrifuge (p99) | ours / centrifuge | bare | ours / bare | ours p99 at the reference's best rate |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
+
+
+def sat_figures(system, key, limit=P99_LIMIT):
+    """Median saturation deliveries/s and p99 of a system's sweeps, the median best rate, and whether some
+    rate of every sweep failed (the knee was found: the figure is not just the top of the grid)."""
+    runs = load(system, key)
+    sats = [saturation(r, limit) for r in runs]
+    knee = bool(runs) and all(any(not clean(x, limit) for x in r) for r in runs)
+    return (median([x["deliveriesPerSecond"] if x else None for x in sats]),
+            median([x["latencyP99Ms"] if x else None for x in sats]),
+            median([x["ratePerSender"] if x else None for x in sats]), knee, bool(runs))
+
+
+def sat_cell(fig):
+    value, p99, _, knee, present = fig
+    if not present:
+        return "—"
+    return f"{'' if knee or value is None else '≥ '}{fmt(value)} ({fmt(p99, 1, ' ms')})"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a and b else "—"
+
+
 figures = {}  # per shape, what the targets below are checked against
 for key, title in SHAPES.items():
-    ref_runs, our_runs, bare_runs = load("reference", key), load("ours", key), load("bare", key)
-    ref_sat = [saturation(r) for r in ref_runs]
+    our_runs = load("ours", key)
+    ref_fig = sat_figures("reference", key)
     dagger = ""
-    if not any(ref_sat):
-        ref_sat = [saturation(r, 200.0) for r in ref_runs]
-        dagger = " †" if any(ref_sat) else ""
-    our_sat = [saturation(r) for r in our_runs]
-    bare_sat = [saturation(r) for r in bare_runs]
-    ref = median([s["deliveriesPerSecond"] if s else None for s in ref_sat])
-    ours = median([s["deliveriesPerSecond"] if s else None for s in our_sat])
-    bare = median([s["deliveriesPerSecond"] if s else None for s in bare_sat])
-    ref_p99 = median([s["latencyP99Ms"] if s else None for s in ref_sat])
-    our_p99 = median([s["latencyP99Ms"] if s else None for s in our_sat])
-    best_rate = median([s["ratePerSender"] if s else None for s in ref_sat])
+    if ref_fig[2] is None and ref_fig[4]:
+        ref_fig = sat_figures("reference", key, 200.0)
+        dagger = " †" if ref_fig[0] else ""
+    our_fig = sat_figures("ours", key)
+    peer_figs = {p: sat_figures(p, key) for p in PEERS}
+    bare_fig = sat_figures("bare", key)
+    ref, ref_p99, best_rate = ref_fig[0], ref_fig[1], ref_fig[2]
+    ours, bare = our_fig[0], bare_fig[0]
     ours_at_ref = median([(at_rate(r, best_rate) or {}).get("latencyP99Ms") for r in our_runs]) if best_rate else None
-    figures[key] = dict(ref=ref, ours=ours, bare=bare, ref_p99=ref_p99, ours_at_ref=ours_at_ref)
-    ratio = f"{ours / ref:.1f}×" if ours and ref else "—"
+    figures[key] = dict(ref=ref, ours=ours, bare=bare, ref_p99=ref_p99, ours_at_ref=ours_at_ref,
+                        **{p: peer_figs[p][0] for p in PEERS}, knees={s: f[3] for s, f in [("ours", our_fig)] + list(peer_figs.items())})
     frac = f"{100 * ours / bare:.0f}%" if ours and bare else "—"
     p99_cmp = f"{fmt(ours_at_ref, 1, ' ms')} vs {fmt(ref_p99, 1, ' ms')}" if best_rate else "—"
-    lines.append(f"| {title} | {fmt(ref)}{dagger} ({fmt(ref_p99, 1, ' ms')}) | {fmt(ours)} ({fmt(our_p99, 1, ' ms')}) | {ratio} | "
-                 f"{fmt(bare) if key != 'e' else 'n/a'} | {frac if key != 'e' else 'n/a'} | {p99_cmp} |")
+    na = key == "e"
+    cells = [title, sat_cell(ref_fig) + dagger, sat_cell(our_fig), ratio(ours, ref)]
+    for p in PEERS:
+        cells += ["n/a", "n/a"] if na else [sat_cell(peer_figs[p]), ratio(ours, peer_figs[p][0])]
+    cells += ["n/a", "n/a"] if na else [sat_cell(bare_fig), frac]
+    cells.append(p99_cmp)
+    lines.append("| " + " | ".join(cells) + " |")
+lines += ["", "A figure marked ≥ is the top of its grid (no rate failed): the knee was not found."]
+
+# Fixed rates: what each system spends to carry the same load.
+FIXED = [("f-a20k", "(a) at 20,000 deliveries/s"), ("f-a60k", "(a) at 60,000 deliveries/s"), ("f-c100k", "(c) at 100,000 deliveries/s")]
+SYSTEMS_ALL = ["reference", "ours", "nchan", "centrifuge", "bare"]
+
+
+def fixed(system, shape):
+    """Median over repeats of: CPU µs per delivery, p50, p99, peak whole-system RSS MiB, deliveries/s, clean."""
+    reports = [x for run in load(system, shape) for x in run]
+    if not reports:
+        return None
+    return dict(cpu=median([1e6 * r["serverCPUSeconds"] / r["deliveriesReceived"] if r["deliveriesReceived"] else None for r in reports]),
+                p50=median([r["latencyP50Ms"] for r in reports]), p99=median([r["latencyP99Ms"] for r in reports]),
+                rss=median([r["serverPeakRSSMiB"] for r in reports]), rate=median([r["deliveriesPerSecond"] for r in reports]),
+                clean=all(clean(r, 1e9) for r in reports), cpu_s=median([r["serverCPUSeconds"] for r in reports]))
+
+
+fixed_figures = {shape: {s: fixed(s, shape) for s in SYSTEMS_ALL} for shape, _ in FIXED}
+if any(v for f in fixed_figures.values() for v in f.values()):
+    lines += ["", "## Fixed rates: CPU per delivery, latency and memory at the same load", "",
+              "Each system at the same offered rate for 10 s. CPU per delivery = the CPU seconds of all of the system's "
+              "processes over the run (ours: gateway, persistence, room service and RabbitMQ; the reference: uvicorn, "
+              "its workers and Redis; nchan: its master and worker) divided by the deliveries received. RSS = the peak of "
+              "the sum of those processes' resident memory during the run. A run that lost or reordered anything is "
+              "marked ✗ (its figures are what it did, not what the load asked).", "",
+              "| load | figure | " + " | ".join(SYSTEMS_ALL) + " | ours / nchan | ours / centrifuge |",
+              "|---|---|" + "---|" * len(SYSTEMS_ALL) + "---|---|"]
+    for shape, title in FIXED:
+        f = fixed_figures[shape]
+        for name, k, digits, unit in [("CPU per delivery", "cpu", 1, " µs"), ("p50 / p99", None, 1, " ms"),
+                                      ("whole-system RSS", "rss", 0, " MiB"), ("deliveries/s", "rate", 0, "")]:
+            cells = [title if name == "CPU per delivery" else "", name]
+            for s in SYSTEMS_ALL:
+                v = f.get(s)
+                if not v:
+                    cells.append("—")
+                elif k is None:
+                    cells.append(f"{v['p50']:.1f} / {v['p99']:.1f}{unit}" + ("" if v["clean"] else " ✗"))
+                else:
+                    cells.append(fmt(v[k], digits, unit))
+            for p in PEERS:
+                o, q = f.get("ours"), f.get(p)
+                if k is None:
+                    cells.append(ratio(o and o["p99"], q and q["p99"]) + " (p99)")
+                else:
+                    cells.append(ratio(o and o[k], q and q[k]))
+            lines.append("| " + " | ".join(cells) + " |")
 
 # (b) on PostgreSQL with one and with two persistence workers: the write load shared.
 def worker_shares(system):
@@ -159,10 +244,11 @@ lines += ["", "## Idle sockets", "",
           "broker binding, history), all are held, and then each sends one probe (the first probes staggered at 400 "
           "per second, a probe re-sent only after 30 s without its echo). 'Answering' counts the sockets whose probe "
           "came back; RSS per connection is the serving process's growth from before the first connection to after the "
-          "last one settled. Ours runs each idle shape on a freshly started gateway (CHAT_MAX_CONNECTIONS defaults to "
+          "last one settled (the serving process: the gateway for ours, uvicorn for the reference, nchan's worker, "
+          "the Centrifuge server). Ours runs each idle shape on a freshly started gateway (CHAT_MAX_CONNECTIONS defaults to "
           "the open-files limit, 20,000 here, less 512).",
           "", "| system | connections held | answering | serving process RSS per connection |", "|---|---|---|---|"]
-for system, shape in [("reference", "d"), ("ours", "d"), ("ours", "d-max")]:
+for system, shape in [("reference", "d"), ("ours", "d"), ("ours", "d-max"), ("nchan", "d"), ("centrifuge", "d")]:
     for r in [x for run in load(system, shape) for x in run]:
         lines.append(f"| {system} | {r['connectionsOpened']} (failed {r['connectionsFailed']}) | {r.get('idleConnectionsAnswering')} | "
                      f"{fmt(r.get('serverRSSPerConnectionKiB'), 1, ' KiB')} |")
@@ -201,10 +287,26 @@ if idle:
     lines.append(f"| (d): 19,000 idle sockets on one gateway, all answering, ≤ 15 KB of gateway RSS each | "
                  f"{r['connectionsOpened']} held, {r.get('idleConnectionsAnswering')} answering, {fmt(per, 1, ' KiB')} each | {verdict(ok)} |")
 
+# Issue 14's targets: against the peers, in the same run.
+a20 = fixed_figures.get("f-a20k", {})
+o20, c20 = a20.get("ours"), a20.get("centrifuge")
+ok = o20["cpu"] <= 2 * c20["cpu"] if o20 and c20 and o20["cpu"] and c20["cpu"] else None
+lines.append(f"| (a) at 20,000/s: CPU per delivery ≤ 2× Centrifuge's | {fmt(o20 and o20['cpu'], 1, ' µs')} vs "
+             f"{fmt(c20 and c20['cpu'], 1, ' µs')} ({ratio(o20 and o20['cpu'], c20 and c20['cpu'])}) | {verdict(ok)} |")
+ok = (o20["p99"] <= 5 and o20["clean"]) if o20 else None
+lines.append(f"| (a) at 20,000/s: p99 ≤ 5 ms | {fmt(o20 and o20['p99'], 1, ' ms')} | {verdict(ok)} |")
+ok = o20["rss"] <= 128 * 1000 * 1000 / 1024 / 1024 if o20 else None
+lines.append(f"| (a) at 20,000/s: whole-system RSS ≤ 128 MB | {fmt(o20 and o20['rss'], 0, ' MiB')} | {verdict(ok)} |")
+for key in ["a", "b", "c"]:
+    f = figures.get(key, {})
+    ok = f["ours"] >= f["nchan"] if f.get("ours") and f.get("nchan") else None
+    lines.append(f"| ({key}): saturation ≥ nchan's | {fmt(f.get('ours'))} vs {fmt(f.get('nchan'))} ({ratio(f.get('ours'), f.get('nchan'))}) | {verdict(ok)} |")
+
 lines += ["", "## Every run", "",
           "Server CPU is the CPU time of every process of the system under test over the run's wall time, as a "
           "percentage of one core (the machine has two): for the reference its uvicorn server and Redis, for ours "
-          "the gateway, persistence and room services and RabbitMQ, for bare the one process. Generator CPU is the "
+          "the gateway, persistence and room services and RabbitMQ, for nchan its master and worker, for bare and "
+          "Centrifuge the one process. Generator CPU is the "
           "load generator's own.", "",
           "| system | shape | rate/sender | sent | expected | received | lost | dup | order | p50 | p99 | deliveries/s | server CPU | generator CPU |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -216,5 +318,7 @@ for path in sorted(glob.glob(f"{results}/*.json")):
                      f"{r['latencyP99Ms']:.1f} | {r['deliveriesPerSecond']:.0f} | {r['serverCPUPercent']:.0f}% | {r['generatorCPUPercent']:.0f}% |")
 
 commands = [l.rstrip() for path in sorted(glob.glob(f"{results}/*.cmd")) for l in open(path)]
-lines += ["", "## Commands", "", "```"] + commands + ["```", ""]
+lines += ["", "## Commands", "", "```"] + commands + ["```", "", HAND_WRITTEN, ""]
+if kept:
+    lines += [kept, ""]
 print("\n".join(lines))
