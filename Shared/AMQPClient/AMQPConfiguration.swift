@@ -13,6 +13,10 @@ package struct AMQPConfiguration: Sendable, Equatable {
     package var connectionName: String
     /// Upper bound of the exponential reconnect backoff.
     package var maxReconnectDelay: Duration
+    /// How long the connection's thread waits, once woken from idle, before it reads and sends: what arrives
+    /// meanwhile (publishes, acks, deliveries) goes in the same pass, so moderate load makes fewer, larger
+    /// AMQP messages and fewer thread wake-ups (zero: none). Under load the thread is never idle and never waits.
+    package var linger: Duration
 
     package init(
         host: String = "127.0.0.1",
@@ -22,7 +26,8 @@ package struct AMQPConfiguration: Sendable, Equatable {
         virtualHost: String = "/",
         heartbeatSeconds: Int = 10,
         connectionName: String = "swift-chat",
-        maxReconnectDelay: Duration = .seconds(5)
+        maxReconnectDelay: Duration = .seconds(5),
+        linger: Duration = .zero
     ) {
         self.host = host
         self.port = port
@@ -32,15 +37,16 @@ package struct AMQPConfiguration: Sendable, Equatable {
         self.heartbeatSeconds = heartbeatSeconds
         self.connectionName = connectionName
         self.maxReconnectDelay = maxReconnectDelay
+        self.linger = linger
     }
 
     /// Parses `amqp://user:pass@host:port/vhost`. An empty path means the vhost `/`;
     /// `%2F` in the path is the encoded `/`.
-    package init(url: String, connectionName: String = "swift-chat") throws(AMQPError) {
+    package init(url: String, connectionName: String = "swift-chat", linger: Duration = .zero) throws(AMQPError) {
         guard let components = URLComponents(string: url), components.scheme == "amqp" else {
             throw AMQPError.invalidURL(url)
         }
-        self.init(connectionName: connectionName)
+        self.init(connectionName: connectionName, linger: linger)
         if let host = components.host, !host.isEmpty { self.host = host }
         if let port = components.port { self.port = port }
         if let user = components.user { self.user = user.removingPercentEncoding ?? user }

@@ -143,6 +143,7 @@ extension AMQPWorker {
         ]
         let rc = poll(&fds, 2, timeoutMs)
         if rc < 0 && errno != EINTR { throw .connection("poll failed: \(errno)") }
+        if rc > 0, let linger = lingerMicroseconds { usleep(linger) }
         if fds[1].revents != 0 { drainWakePipe() }
         // librabbitmq consumes heartbeat frames inside its read calls without returning them, so any bytes
         // from the broker count as a sign of life.

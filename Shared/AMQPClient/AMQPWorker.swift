@@ -61,8 +61,13 @@ final class AMQPWorker: @unchecked Sendable {
     /// Deliveries read in the current pass, handed to each consumer as one batch at its end.
     var readyDeliveries: [Int: [AMQPDelivery]] = [:]
 
+    /// ``AMQPConfiguration/linger`` in microseconds, nil when there is none.
+    let lingerMicroseconds: UInt32?
+
     init(owner: AMQPConnection) {
         self.owner = owner
+        let linger = owner.configuration.linger / .microseconds(1)
+        self.lingerMicroseconds = linger >= 1 ? UInt32(min(linger, 1_000_000)) : nil
     }
 
     // MARK: Main loop

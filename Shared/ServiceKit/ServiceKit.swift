@@ -30,6 +30,12 @@ package struct EnvironmentReader: Sendable {
         return value
     }
 
+    /// `CHAT_AMQP_LINGER_US`: how long a service's AMQP thread, woken from idle, waits before it sends and
+    /// reads (``AMQPConfiguration/linger``), 0 to 5,000 µs.
+    package func amqpLinger(default fallback: Int) throws(ConfigurationError) -> Duration {
+        .microseconds(try int("CHAT_AMQP_LINGER_US", default: fallback, in: 0...5000))
+    }
+
     /// One of a fixed set of values (an enum's raw values): a value outside it is refused at start.
     package func choice<Value: RawRepresentable & CaseIterable>(_ key: String, default fallback: Value) throws(ConfigurationError) -> Value
     where Value.RawValue == String {

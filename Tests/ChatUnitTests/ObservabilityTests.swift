@@ -27,13 +27,16 @@ import Testing
 
     @Test func aMalformedOrOutOfRangeGatewaySettingIsRefusedByName() throws {
         for (key, value) in [("CHAT_HISTORY_LIMIT", "fifty"), ("CHAT_GATEWAY_PORT", "70000"), ("CHAT_MAX_CONNECTIONS", "-1"),
-                             ("CHAT_REQUEST_TIMEOUT_MS", "5s"), ("CHAT_GATEWAY_THREADS", "0"), ("CHAT_DEV_TOKENS", "maybe")] {
+                             ("CHAT_REQUEST_TIMEOUT_MS", "5s"), ("CHAT_GATEWAY_THREADS", "0"), ("CHAT_DEV_TOKENS", "maybe"),
+                             ("CHAT_AMQP_LINGER_US", "5001"), ("CHAT_AMQP_LINGER_US", "0.5ms")] {
             #expect(throws: ConfigurationError.self, "\(key)=\(value)") {
                 try GatewayConfiguration.fromEnvironment(EnvironmentReader([key: value]))
             }
         }
         let defaults = try GatewayConfiguration.fromEnvironment(EnvironmentReader([:]))
         #expect(defaults.historyLimit == 50 && defaults.maxConnections == nil && defaults.port == 8000)
+        #expect(defaults.amqpLinger == .microseconds(500))
+        #expect(try GatewayConfiguration.fromEnvironment(EnvironmentReader(["CHAT_AMQP_LINGER_US": "0"])).amqpLinger == .zero)
     }
 
     @Test func onlyPlainShortRequestIDsFromTheProxyAreKept() {

@@ -20,11 +20,15 @@ package struct PersistenceConfiguration: Sendable {
     /// `CHAT_PERSIST_LEASE_SECONDS` (default 3): a worker not heard from for this long loses its partitions to
     /// the others; workers announce themselves three times per lease.
     package var lease: Duration
+    /// `CHAT_AMQP_LINGER_US` (default ``defaultAMQPLinger``): the AMQP thread's linger once woken, so that
+    /// deliveries, broadcasts and acks of several batches share a pass at moderate load.
+    package var amqpLinger: Duration
+    package static let defaultAMQPLinger: Duration = .microseconds(500)
 
     package init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F", databaseURL: String = "sqlite:.state/messages.sqlite",
                 healthHost: String = "127.0.0.1", healthPort: Int = 8001, prefetch: Int = 1000,
                 partitions: Int = ChatTopology.defaultPartitions, workerID: String = PersistenceConfiguration.randomWorkerID(),
-                lease: Duration = .seconds(3)) {
+                lease: Duration = .seconds(3), amqpLinger: Duration = PersistenceConfiguration.defaultAMQPLinger) {
         self.amqpURL = amqpURL
         self.databaseURL = databaseURL
         self.healthHost = healthHost
@@ -33,6 +37,7 @@ package struct PersistenceConfiguration: Sendable {
         self.partitions = partitions
         self.workerID = workerID
         self.lease = lease
+        self.amqpLinger = amqpLinger
     }
 
     /// Reads every `CHAT_*` setting of the persistence service; a malformed or out-of-range value is refused, naming it.
@@ -45,7 +50,8 @@ package struct PersistenceConfiguration: Sendable {
             prefetch: try env.int("CHAT_PERSIST_PREFETCH", default: 1000, in: 1...65535),
             partitions: try env.int("CHAT_PERSIST_PARTITIONS", default: ChatTopology.defaultPartitions, in: 1...256),
             workerID: env.string("CHAT_PERSIST_WORKER_ID", default: randomWorkerID()),
-            lease: .seconds(try env.int("CHAT_PERSIST_LEASE_SECONDS", default: 3, in: 1...60)))
+            lease: .seconds(try env.int("CHAT_PERSIST_LEASE_SECONDS", default: 3, in: 1...60)),
+            amqpLinger: try env.amqpLinger(default: Int(defaultAMQPLinger / .microseconds(1))))
     }
 
     /// A short random id for a worker that was given none.

@@ -12,7 +12,8 @@ package func buildApplication(_ configuration: PersistenceConfiguration, logger:
     var logger = logger
     logger[metadataKey: "chat.worker"] = .string(configuration.workerID)
     let connection = AMQPConnection(
-        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "persistence-\(configuration.workerID)"),
+        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "persistence-\(configuration.workerID)",
+                                         linger: configuration.amqpLinger),
         logger: logger)
     let database = try await openDatabase(url: configuration.databaseURL, logger: logger)
     let readiness = Readiness()

@@ -19,7 +19,8 @@ package func buildApplication(_ configuration: GatewayConfiguration, logger: Log
     logger[metadataKey: "chat.gateway"] = .string(configuration.gatewayID)
     GatewayMetrics.register()
     let connection = AMQPConnection(
-        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "gateway-\(configuration.gatewayID)"),
+        configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "gateway-\(configuration.gatewayID)",
+                                         linger: configuration.amqpLinger),
         logger: logger)
     // Every gateway's joins, leaves and heartbeats, for the presence counts of this gateway's rooms (its own named
     // sockets are counted from the registry of its groups).

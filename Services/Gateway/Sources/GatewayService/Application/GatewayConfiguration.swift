@@ -51,6 +51,10 @@ package struct GatewayConfiguration: Sendable {
     package var eventLoopThreads: Int = Self.defaultEventLoopThreads
     /// Half the cores, at least one.
     package static var defaultEventLoopThreads: Int { max(1, System.coreCount / 2) }
+    /// `CHAT_AMQP_LINGER_US` (default ``defaultAMQPLinger``): the AMQP thread's linger once woken, so the client
+    /// messages of several sockets go as one publish at moderate load.
+    package var amqpLinger: Duration = Self.defaultAMQPLinger
+    package static let defaultAMQPLinger: Duration = .microseconds(500)
     /// `CHAT_PERSIST_PARTITIONS` (default 8): the partitions of `chat.inbound`; the same in every gateway and
     /// persistence worker (a room's messages go to the partition its name hashes to).
     package var partitions: Int = ChatTopology.defaultPartitions
@@ -104,6 +108,7 @@ package struct GatewayConfiguration: Sendable {
             .with(\.partitions, try env.int("CHAT_PERSIST_PARTITIONS", default: ChatTopology.defaultPartitions, in: 1...256))
             .with(\.gatewayExpiry, .seconds(try env.int("CHAT_GATEWAY_EXPIRY_SECONDS", default: 15, in: 1...3600)))
             .with(\.resumeLimit, try env.int("CHAT_RESUME_LIMIT", default: 500, in: 1...1000))
+            .with(\.amqpLinger, try env.amqpLinger(default: Int(Self.defaultAMQPLinger / .microseconds(1))))
     }
 
     func with<Value>(_ key: WritableKeyPath<Self, Value>, _ value: Value) -> Self {
