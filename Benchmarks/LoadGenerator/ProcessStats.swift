@@ -19,6 +19,16 @@ enum ProcessStats {
         (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "\(pid)"
     }
 
+    /// Proportional set size in KiB (`/proc/PID/smaps_rollup`): resident pages, each shared one divided among
+    /// the processes that map it, so the sum over a system's processes counts a shared library once.
+    static func pssKiB(_ pid: Int32) -> Int {
+        guard let rollup = try? String(contentsOfFile: "/proc/\(pid)/smaps_rollup", encoding: .utf8) else { return 0 }
+        for line in rollup.split(separator: "\n") where line.hasPrefix("Pss:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0
+        }
+        return 0
+    }
+
     /// Resident set size in KiB.
     static func rssKiB(_ pid: Int32) -> Int {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
@@ -29,10 +39,12 @@ enum ProcessStats {
     }
 }
 
-/// Samples the servers' RSS while a run goes on, keeping the peak of their sum.
+/// Samples the servers' RSS while a run goes on, keeping the peak of their sum (and, twice a second, of their
+/// PSS: reading it walks the page tables, too dear to do ten times a second).
 final class RSSSampler: @unchecked Sendable {
     // Safety: `peak` and `running` are touched by the sampling thread and read after `stop()` joins it.
     private var peak = 0
+    private var peakPSS = 0
     private var running = true
     private let pids: [Int32]
     private let lock = NSLock()
@@ -44,9 +56,15 @@ final class RSSSampler: @unchecked Sendable {
 
     func start() {
         let thread = Thread { [self] in
+            var round = 0
             while lock.withLock({ running }) {
                 let total = pids.reduce(0) { $0 + ProcessStats.rssKiB($1) }
-                lock.withLock { peak = max(peak, total) }
+                let pss = round % 5 == 0 ? pids.reduce(0) { $0 + ProcessStats.pssKiB($1) } : 0
+                lock.withLock {
+                    peak = max(peak, total)
+                    peakPSS = max(peakPSS, pss)
+                }
+                round += 1
                 Thread.sleep(forTimeInterval: 0.1)
             }
         }
@@ -54,10 +72,12 @@ final class RSSSampler: @unchecked Sendable {
         thread.start()
     }
 
-    func stop() -> Int {
+    /// Stops sampling; the peaks of the RSS and of the PSS sums, in KiB.
+    func stop() -> (rss: Int, pss: Int) {
         lock.withLock { running = false }
         Thread.sleep(forTimeInterval: 0.15)
         let total = pids.reduce(0) { $0 + ProcessStats.rssKiB($1) }
-        return lock.withLock { max(peak, total) }
+        let pss = pids.reduce(0) { $0 + ProcessStats.pssKiB($1) }
+        return lock.withLock { (max(peak, total), max(peakPSS, pss)) }
     }
 }

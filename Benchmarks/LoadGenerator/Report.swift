@@ -30,6 +30,8 @@ struct Report: Codable, Sendable {
     /// The server CPU seconds of the run, process by process (the order of `--pids`).
     var serverCPUSecondsByProcess: [ProcessCPU] = []
     var serverPeakRSSMiB = 0.0
+    /// The peak of the servers' summed PSS: their shared libraries counted once.
+    var serverPeakPSSMiB = 0.0
     var generatorCPUPercent = 0.0
     var generatorThreads = 0
     var scheduleLagMaxMs = 0.0
@@ -60,7 +62,7 @@ struct Report: Codable, Sendable {
         if serverCPUSecondsByProcess.count > 1 {
             row("  by process", serverCPUSecondsByProcess.map { String(format: "%@ %.2f s", $0.name, $0.seconds) }.joined(separator: ", "))
         }
-        row("server peak RSS", String(format: "%.1f MiB", serverPeakRSSMiB))
+        row("server peak RSS / PSS", String(format: "%.1f / %.1f MiB", serverPeakRSSMiB, serverPeakPSSMiB))
         row("generator CPU (threads)", String(format: "%.0f%% of one core (%d event loops); max schedule lag %.1f ms", generatorCPUPercent, generatorThreads, scheduleLagMaxMs))
     }
 }

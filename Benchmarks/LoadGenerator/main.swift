@@ -74,7 +74,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     let cpuAfterByPID = o.pids.map(ProcessStats.cpuSeconds)
     let cpuAfter = cpuAfterByPID.reduce(0, +)
     let selfAfter = ProcessStats.cpuSeconds(getpid())
-    let peakKiB = sampler.stop()
+    let (peakKiB, peakPSSKiB) = sampler.stop()
     stop.open()
     await allDone.value
 
@@ -109,6 +109,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
         ProcessCPU(pid: pid, name: ProcessStats.name(pid), seconds: cpu.1 - cpu.0)
     }
     report.serverPeakRSSMiB = Double(peakKiB) / 1024
+    report.serverPeakPSSMiB = Double(peakPSSKiB) / 1024
     report.generatorCPUPercent = 100 * (selfAfter - selfBefore) / wallSeconds
     report.generatorThreads = o.threads
     report.scheduleLagMaxMs = all.map(\.scheduleLagMaxMs).max() ?? 0
