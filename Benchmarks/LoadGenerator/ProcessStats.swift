@@ -29,6 +29,20 @@ enum ProcessStats {
         return 0
     }
 
+    /// Context switches (voluntary and not) of every live thread of a process, from `/proc/PID/task/*/status`:
+    /// each is a thread put to sleep or woken, the cost issue 19 counts per chat message.
+    static func contextSwitches(_ pid: Int32) -> Int {
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return 0 }
+        var total = 0
+        for task in tasks {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else { continue }
+            for line in status.split(separator: "\n") where line.contains("ctxt_switches:") {
+                total += Int(line.split(separator: "\t", omittingEmptySubsequences: true).last?.trimmingCharacters(in: .whitespaces) ?? "0") ?? 0
+            }
+        }
+        return total
+    }
+
     /// Resident set size in KiB.
     static func rssKiB(_ pid: Int32) -> Int {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }

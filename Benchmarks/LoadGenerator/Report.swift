@@ -62,6 +62,11 @@ struct Report: Codable, Sendable {
         if serverCPUSecondsByProcess.count > 1 {
             row("  by process", serverCPUSecondsByProcess.map { String(format: "%@ %.2f s", $0.name, $0.seconds) }.joined(separator: ", "))
         }
+        let switches = serverCPUSecondsByProcess.compactMap(\.contextSwitches)
+        if !switches.isEmpty, messagesSent > 0 {
+            let perMessage = serverCPUSecondsByProcess.map { String(format: "%@ %.2f", $0.name, Double($0.contextSwitches ?? 0) / Double(messagesSent)) }
+            row("context switches per message", String(format: "%.2f (%@)", Double(switches.reduce(0, +)) / Double(messagesSent), perMessage.joined(separator: ", ")))
+        }
         row("server peak RSS / PSS", String(format: "%.1f / %.1f MiB", serverPeakRSSMiB, serverPeakPSSMiB))
         row("generator CPU (threads)", String(format: "%.0f%% of one core (%d event loops); max schedule lag %.1f ms", generatorCPUPercent, generatorThreads, scheduleLagMaxMs))
     }
@@ -72,6 +77,8 @@ struct ProcessCPU: Codable, Sendable {
     var pid: Int32
     var name: String
     var seconds: Double
+    /// Context switches of all its threads over the run.
+    var contextSwitches: Int? = nil
 }
 
 func percentile(_ sorted: [UInt32], _ p: Double) -> Double {

@@ -54,6 +54,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     let sampler = RSSSampler(pids: o.pids)
     sampler.start()
     let cpuBeforeByPID = o.pids.map(ProcessStats.cpuSeconds)
+    let switchesBeforeByPID = o.pids.map(ProcessStats.contextSwitches)
     let cpuBefore = cpuBeforeByPID.reduce(0, +)
     let selfBefore = ProcessStats.cpuSeconds(getpid())
     let wallStart = ContinuousClock.now
@@ -72,6 +73,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     let wall = ContinuousClock.now - wallStart
     let wallSeconds = Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18
     let cpuAfterByPID = o.pids.map(ProcessStats.cpuSeconds)
+    let switchesAfterByPID = o.pids.map(ProcessStats.contextSwitches)
     let cpuAfter = cpuAfterByPID.reduce(0, +)
     let selfAfter = ProcessStats.cpuSeconds(getpid())
     let (peakKiB, peakPSSKiB) = sampler.stop()
@@ -105,8 +107,9 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     report.offeredMessagesPerSecond = Double(report.messagesSent) / o.duration
     report.serverCPUSeconds = cpuAfter - cpuBefore
     report.serverCPUPercent = 100 * report.serverCPUSeconds / wallSeconds
-    report.serverCPUSecondsByProcess = zip(o.pids, zip(cpuBeforeByPID, cpuAfterByPID)).map { pid, cpu in
-        ProcessCPU(pid: pid, name: ProcessStats.name(pid), seconds: cpu.1 - cpu.0)
+    report.serverCPUSecondsByProcess = o.pids.indices.map { i in
+        ProcessCPU(pid: o.pids[i], name: ProcessStats.name(o.pids[i]), seconds: cpuAfterByPID[i] - cpuBeforeByPID[i],
+                   contextSwitches: switchesAfterByPID[i] - switchesBeforeByPID[i])
     }
     report.serverPeakRSSMiB = Double(peakKiB) / 1024
     report.serverPeakPSSMiB = Double(peakPSSKiB) / 1024

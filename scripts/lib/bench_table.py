@@ -155,19 +155,49 @@ for key, title in SHAPES.items():
 lines += ["", "A figure marked ≥ is the top of its grid (no rate failed): the knee was not found."]
 
 # Fixed rates: what each system spends to carry the same load.
-FIXED = [("f-a20k", "(a) at 20,000 deliveries/s"), ("f-a60k", "(a) at 60,000 deliveries/s"), ("f-c100k", "(c) at 100,000 deliveries/s")]
+FIXED = [("f-a20k", "(a) at 20,000 deliveries/s"), ("f-b20k", "(b) at 20,000 deliveries/s"),
+         ("f-a60k", "(a) at 60,000 deliveries/s"), ("f-c100k", "(c) at 100,000 deliveries/s")]
 SYSTEMS_ALL = ["reference", "ours", "nchan", "centrifuge", "bare"]
 
 
+def switches_per_message(r):
+    """Context switches of all the system's processes over the run per chat message sent (None when the report
+    has no contextSwitches: written by an older load generator)."""
+    procs = r.get("serverCPUSecondsByProcess") or []
+    counts = [p.get("contextSwitches") for p in procs]
+    if not r.get("messagesSent") or all(c is None for c in counts):
+        return None
+    return sum(c or 0 for c in counts) / r["messagesSent"]
+
+
+def switches_by_process(reports):
+    """Per process (in the order of --pids, the same in every repeat): its name and the median over repeats of
+    its context switches per chat message; None when no report has the field."""
+    rows = []
+    for r in reports:
+        if not r.get("messagesSent"):
+            continue
+        for i, p in enumerate(r.get("serverCPUSecondsByProcess") or []):
+            if len(rows) <= i:
+                rows.append((p.get("name") or str(p.get("pid")), []))
+            if p.get("contextSwitches") is not None:
+                rows[i][1].append(p["contextSwitches"] / r["messagesSent"])
+    if not any(values for _, values in rows):
+        return None
+    return [(name, median(values)) for name, values in rows]
+
+
 def fixed(system, shape):
-    """Median over repeats of: CPU µs per delivery, p50, p99, peak whole-system RSS MiB, deliveries/s, clean."""
+    """Median over repeats of: CPU µs per delivery, p50, p99, peak whole-system RSS MiB, deliveries/s, clean,
+    context switches per chat message (in all and process by process)."""
     reports = [x for run in load(system, shape) for x in run]
     if not reports:
         return None
     return dict(cpu=median([1e6 * r["serverCPUSeconds"] / r["deliveriesReceived"] if r["deliveriesReceived"] else None for r in reports]),
                 p50=median([r["latencyP50Ms"] for r in reports]), p99=median([r["latencyP99Ms"] for r in reports]),
                 rss=median([r["serverPeakRSSMiB"] for r in reports]), pss=median([r.get("serverPeakPSSMiB") for r in reports]), rate=median([r["deliveriesPerSecond"] for r in reports]),
-                clean=all(clean(r, 1e9) for r in reports), cpu_s=median([r["serverCPUSeconds"] for r in reports]))
+                clean=all(clean(r, 1e9) for r in reports), cpu_s=median([r["serverCPUSeconds"] for r in reports]),
+                cs=median([switches_per_message(r) for r in reports]), cs_by=switches_by_process(reports))
 
 
 fixed_figures = {shape: {s: fixed(s, shape) for s in SYSTEMS_ALL} for shape, _ in FIXED}
@@ -178,7 +208,9 @@ if any(v for f in fixed_figures.values() for v in f.values()):
               "its workers and Redis; nchan: its master and worker) divided by the deliveries received. RSS = the peak of "
               "the sum of those processes' resident memory during the run; PSS the same with each shared page divided among "
               "the processes mapping it (our three services map the same Swift and Foundation libraries, counted three times "
-              "in the RSS sum, once in the PSS sum). A run that lost or reordered anything is "
+              "in the RSS sum, once in the PSS sum). Context switches per chat message = the context switches of all "
+              "the threads of all those processes over the run divided by the messages sent (— where the reports "
+              "predate the count). A run that lost or reordered anything is "
               "marked ✗ (its figures are what it did, not what the load asked).", "",
               "| load | figure | " + " | ".join(SYSTEMS_ALL) + " | ours / nchan | ours / centrifuge |",
               "|---|---|" + "---|" * len(SYSTEMS_ALL) + "---|---|"]
@@ -186,7 +218,7 @@ if any(v for f in fixed_figures.values() for v in f.values()):
         f = fixed_figures[shape]
         for name, k, digits, unit in [("CPU per delivery", "cpu", 1, " µs"), ("p50 / p99", None, 1, " ms"),
                                       ("whole-system RSS", "rss", 0, " MiB"), ("whole-system PSS", "pss", 0, " MiB"),
-                                      ("deliveries/s", "rate", 0, "")]:
+                                      ("deliveries/s", "rate", 0, ""), ("context switches per chat message", "cs", 1, "")]:
             cells = [title if name == "CPU per delivery" else "", name]
             for s in SYSTEMS_ALL:
                 v = f.get(s)
@@ -203,6 +235,18 @@ if any(v for f in fixed_figures.values() for v in f.values()):
                 else:
                     cells.append(ratio(o and o[k], q and q[k]))
             lines.append("| " + " | ".join(cells) + " |")
+    by_process = [(title, s, fixed_figures[shape][s]["cs_by"]) for shape, title in FIXED for s in SYSTEMS_ALL
+                  if fixed_figures[shape].get(s) and fixed_figures[shape][s]["cs_by"]]
+    if by_process:
+        lines += ["", "### Context switches per chat message, process by process", "",
+                  "Each process's context switches (all its threads) over the run divided by the messages sent, "
+                  "the median over the repeats of each fixed-rate run; the processes in the order they were measured.", "",
+                  "| load | system | per process |", "|---|---|---|"]
+        last = None
+        for title, s, rows in by_process:
+            per = ", ".join(f"{name}: {fmt(v, 2)}" for name, v in rows)
+            lines.append(f"| {title if title != last else ''} | {s} | {per} |")
+            last = title
 
 # (b) on PostgreSQL with one and with two persistence workers: the write load shared.
 def worker_shares(system):
@@ -304,6 +348,43 @@ for key in ["a", "b", "c"]:
     f = figures.get(key, {})
     ok = f["ours"] >= f["nchan"] if f.get("ours") and f.get("nchan") else None
     lines.append(f"| ({key}): saturation ≥ nchan's | {fmt(f.get('ours'))} vs {fmt(f.get('nchan'))} ({ratio(f.get('ours'), f.get('nchan'))}) | {verdict(ok)} |")
+
+# Issue 19's targets: against the peers at the same load, and what a chat message costs in context switches.
+b20 = fixed_figures.get("f-b20k", {})
+ob20, cb20 = b20.get("ours"), b20.get("centrifuge")
+for label, o, c in [("(a)", o20, c20), ("(b)", ob20, cb20)]:
+    ok = o["cpu"] <= c["cpu"] if o and c and o["cpu"] and c["cpu"] else None
+    lines.append(f"| issue 19: {label} at 20,000/s: CPU per delivery ≤ 1.0× Centrifuge's | {fmt(o and o['cpu'], 1, ' µs')} vs "
+                 f"{fmt(c and c['cpu'], 1, ' µs')} ({ratio(o and o['cpu'], c and c['cpu'])}) | {verdict(ok)} |")
+    if label == "(a)":
+        target = "p99 ≤ Centrifuge's p99 (or ≤ 5 ms)"
+        if not o:
+            ok = None
+        elif not o["clean"]:
+            ok = False
+        elif o["p99"] <= 5:
+            ok = True
+        else:
+            ok = o["p99"] <= c["p99"] if c else None
+    else:
+        target = "p99 ≤ 2× Centrifuge's"
+        ok = (o["clean"] and o["p99"] <= 2 * c["p99"]) if o and c else None
+    lines.append(f"| issue 19: {label} at 20,000/s: {target} | {fmt(o and o['p99'], 1, ' ms')} vs "
+                 f"{fmt(c and c['p99'], 1, ' ms')} ({ratio(o and o['p99'], c and c['p99'])}) | {verdict(ok)} |")
+for peer, factor in [("centrifuge", 1.0), ("nchan", 0.5)]:
+    for key in ["a", "b", "c"]:
+        f = figures.get(key, {})
+        ok = f["ours"] >= factor * f[peer] if f.get("ours") and f.get(peer) else None
+        what = "Centrifuge's" if peer == "centrifuge" else f"{factor}× nchan's"
+        lines.append(f"| issue 19: ({key}): saturation ≥ {what} | {fmt(f.get('ours'))} vs {fmt(f.get(peer))} "
+                     f"({ratio(f.get('ours'), f.get(peer))}) | {verdict(ok)} |")
+pss = o20.get("pss") if o20 else None
+ok = pss <= 128 if pss is not None else None
+lines.append(f"| issue 19: (a) at 20,000/s: whole-system PSS ≤ 128 MiB | {fmt(pss, 0, ' MiB')} | {verdict(ok)} |")
+cs = o20.get("cs") if o20 else None
+ok = cs <= 4 if cs is not None else None
+lines.append(f"| issue 19: (a) at 20,000/s: ≤ 4 context switches per chat message (all our processes, RabbitMQ included) | "
+             f"{fmt(cs, 1)} | {verdict(ok)} |")
 
 lines += ["", "## Every run", "",
           "Server CPU is the CPU time of every process of the system under test over the run's wall time, as a "
