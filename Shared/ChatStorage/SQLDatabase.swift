@@ -90,7 +90,9 @@ package final class SQLiteDatabase: SQLDatabase {
         if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         let writer = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
         _ = try await Self.run(writer, "PRAGMA journal_mode=WAL", [])
-        _ = try await Self.run(writer, "PRAGMA synchronous=NORMAL", [])
+        // FULL: every commit syncs the WAL, so an acked message survives a crash of the machine, not only of
+        // the process (one sync per batch: a batch is one transaction).
+        _ = try await Self.run(writer, "PRAGMA synchronous=FULL", [])
         _ = try await Self.run(writer, "PRAGMA busy_timeout=5000", [])
         // Statement journals in memory: a multi-row insert inside a transaction writes one.
         _ = try await Self.run(writer, "PRAGMA temp_store=MEMORY", [])
