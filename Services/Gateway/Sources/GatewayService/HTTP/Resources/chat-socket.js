@@ -3,7 +3,9 @@
 //   half to whole of that), and resumes after the last seq it saw (?since=), so nothing is missed or shown twice.
 // - Every message it sends carries a client_id and stays in its outbox until the server acks it; on every
 //   (re)connect the outbox is sent again, and the server stores a client_id once: typed while disconnected,
-//   a message is sent on reconnect and stored exactly once.
+//   a message is sent on reconnect and stored exactly once. One not acked within ackTimeoutMs (default 5 s)
+//   is sent again on the open socket too: the broker keeps no copy of a message not stored yet, so a broker
+//   restart under an open socket is mended by the resend.
 // - It stops for good on the close codes that say retrying cannot help (invalid room, no or bad token,
 //   not a participant, no such room).
 class ResumingSocket {
@@ -18,7 +20,20 @@ class ResumingSocket {
     this.prefix = (self.crypto && crypto.randomUUID) ? crypto.randomUUID().slice(0, 13)
                                                      : Math.random().toString(36).slice(2, 15);
     this.counter = 0;
+    this.ackTimeoutMs = handlers.ackTimeoutMs || 5000;
+    this.resender = setInterval(() => this.resendOverdue(), Math.min(1000, this.ackTimeoutMs));
     this.connect();
+  }
+
+  // Sends again, on the open socket, what has waited longer than ackTimeoutMs for its ack.
+  resendOverdue() {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    const now = Date.now();
+    for (const entry of this.outbox) {
+      if (now - entry.sentAt < this.ackTimeoutMs) continue;
+      entry.sentAt = now;
+      this.ws.send(JSON.stringify(entry.frame));
+    }
   }
 
   static fatal = new Set([4400, 4401, 4403, 4404]);
@@ -30,12 +45,15 @@ class ResumingSocket {
     ws.onopen = () => {
       this.attempt = 0;
       this.onState('connected');
-      for (const frame of this.outbox) ws.send(JSON.stringify(frame));
+      for (const entry of this.outbox) {
+        entry.sentAt = Date.now();
+        ws.send(JSON.stringify(entry.frame));
+      }
     };
     ws.onmessage = (e) => {
       const data = JSON.parse(e.data);
       if (data.type === 'ack') {
-        this.outbox = this.outbox.filter((f) => f.client_id !== data.client_id);
+        this.outbox = this.outbox.filter((entry) => entry.frame.client_id !== data.client_id);
         return;
       }
       if (data.type === 'reset') this.lastSeq = data.last_seq;
@@ -65,7 +83,7 @@ class ResumingSocket {
   send(frame) {
     this.counter += 1;
     const withID = Object.assign({}, frame, {client_id: this.prefix + '-' + this.counter});
-    this.outbox.push(withID);
+    this.outbox.push({frame: withID, sentAt: Date.now()});
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(withID));
   }
 
@@ -79,6 +97,7 @@ class ResumingSocket {
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearInterval(this.resender);
     if (this.ws) this.ws.close();
   }
 }
