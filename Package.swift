@@ -57,9 +57,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "ChatWire",
+            dependencies: ["AMQPClient", "ChatProtocol", "Presence", .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOFoundationCompat", package: "swift-nio")],
+            path: "Shared/ChatWire",
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "ChannelLayer",
             dependencies: [
-                "AMQPClient", "ChatProtocol",
+                "AMQPClient", "ChatProtocol", "ChatWire", "Presence",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -105,7 +112,7 @@ let package = Package(
         .target(
             name: "GatewayService",
             dependencies: [
-                "AMQPClient", "ChannelLayer", "ChatProtocol", "Presence", "ServiceKit",
+                "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatWire", "Presence", "ServiceKit",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
@@ -129,7 +136,7 @@ let package = Package(
         .target(
             name: "PersistenceService",
             dependencies: [
-                "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "ServiceKit",
+                "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "ChatWire", "ServiceKit",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
@@ -145,7 +152,7 @@ let package = Package(
         .target(
             name: "RoomService",
             dependencies: [
-                "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "Presence", "ServiceKit",
+                "AMQPClient", "ChannelLayer", "ChatProtocol", "ChatStorage", "ChatWire", "Presence", "ServiceKit",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
@@ -171,7 +178,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "FrameEncoding",
-            dependencies: ["ChatProtocol"],
+            dependencies: ["ChatProtocol", "ChatWire"],
             path: "Benchmarks/FrameEncoding"
         ),
         .executableTarget(
@@ -194,7 +201,7 @@ let package = Package(
         .testTarget(
             name: "ChatUnitTests",
             dependencies: [
-                "ChatProtocol", "ChannelLayer", "ChatStorage", "GatewayService", "PersistenceService", "Presence", "RoomService", "ServiceKit",
+                "ChatProtocol", "ChannelLayer", "ChatStorage", "ChatWire", "GatewayService", "PersistenceService", "Presence", "RoomService", "ServiceKit",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

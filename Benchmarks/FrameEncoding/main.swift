@@ -1,4 +1,5 @@
 import ChatProtocol
+import ChatWire
 import Foundation
 
 /// How much the hand-written frame JSON saves over Foundation's coders, per message on the hot path: the
@@ -42,3 +43,22 @@ let decoder = JSONDecoder()
 measure("parse: JSONDecoder") { clientFrames.reduce(0) { $0 + ((try? decoder.decode(ClientMessage.self, from: Data($1)))?.message.utf8.count ?? 0) } }
 measure("part: Timestamp.iso8601") { stored.reduce(0) { $0 + Timestamp.iso8601(millis: $1.createdAt).utf8.count } }
 measure("part: JSONWriter.quoted(text)") { stored.reduce(0) { $0 + JSONWriter.quoted($1.text).utf8.count } }
+
+// The wire protocol's inbound batch (ChatWire, binary) against the JSON array it replaced: what a gateway
+// writes and a persistence worker reads for every chat message, in batches of 50.
+let inbound = stored.map {
+    InboundChatMessage(id: $0.id, group: $0.group, sender: $0.sender, text: $0.text, receivedAt: $0.createdAt,
+                       clientID: "c-\($0.seq)", replyTo: "chat.gateway.g1", socket: 7)
+}
+let batches = stride(from: 0, to: inbound.count, by: 50).map { Array(inbound[$0..<min($0 + 50, inbound.count)]) }
+measure("inbound batch: encode, ChatWire (binary)") { batches.reduce(0) { $0 + PartitionQueueMessage.messages($1).encode().readableBytes } }
+try measure("inbound batch: encode, JSONEncoder") { try batches.reduce(0) { $0 + (try encoder.encode($1)).count } }
+let wireBodies = batches.map { PartitionQueueMessage.messages($0).encode() }
+let jsonBodies = try batches.map { try encoder.encode($0) }
+try measure("inbound batch: decode, ChatWire (binary)") {
+    try wireBodies.reduce(0) { total, body in
+        guard case .messages(let m) = try PartitionQueueMessage.decode(type: "chat.messages", body: body) else { return total }
+        return total + m.count
+    }
+}
+try measure("inbound batch: decode, JSONDecoder") { try jsonBodies.reduce(0) { $0 + (try decoder.decode([InboundChatMessage].self, from: $1)).count } }

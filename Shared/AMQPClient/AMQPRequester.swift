@@ -68,11 +68,14 @@ package final class AMQPRequester: Sendable {
         if let failure { continuation.resume(throwing: failure) }
     }
 
+    /// The AMQP `type` of every reply: what tells it apart on the requester's queue.
+    package static let replyType = "chat.reply"
+
     /// Sends a reply to a request delivery.
     package static func reply(to request: AMQPDelivery, body: ByteBuffer, headers: AMQPTable = [:]) -> AMQPOutgoingMessage? {
         guard let replyTo = request.properties.replyTo, let id = request.properties.correlationID else { return nil }
         return AMQPOutgoingMessage(exchange: "", routingKey: replyTo, body: body,
-                                   properties: AMQPProperties(correlationID: id, headers: headers))
+                                   properties: AMQPProperties(correlationID: id, type: replyType, headers: headers))
     }
 
     /// Resumes the request this reply answers (a reply to no pending request, a late one, is dropped).

@@ -60,9 +60,12 @@ extension ChatTopology {
     package static func declarations(for role: Role) -> [Declaration] {
         switch role {
         case .channelLayer(let queue, let membershipEvents):
-            membershipEvents
+            // The queue's own name is a key on the groups exchange too: a persistence batch reaches the gateways
+            // its acks are for in the same AMQP message as its broadcasts (``DeliveryBatch``).
+            (membershipEvents
                 ? [.exchange(groupsExchange, .direct)] + exclusiveQueue(queue, on: membershipExchange)
-                : [.exchange(groupsExchange, .direct), .queue(queue, durable: false, exclusive: true, singleActiveConsumer: false)]
+                : [.exchange(groupsExchange, .direct), .queue(queue, durable: false, exclusive: true, singleActiveConsumer: false)])
+                + [.binding(queue: queue, exchange: groupsExchange, routingKey: queue)]
         case .gateway(let id, let partitions):
             declarations(for: .channelLayer(queue: gatewayQueue(id), membershipEvents: true)) + inbound(partitions: partitions) + shared
         case .persistenceWriter(let partitions):

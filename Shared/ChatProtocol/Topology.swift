@@ -4,7 +4,9 @@ package enum ChatTopology {
     /// room (routing key ``partitionRoutingKey(_:)``) to that partition's queue.
     package static let inboundExchange = "chat.inbound"
     /// Partitions when `CHAT_PERSIST_PARTITIONS` is not set; every gateway and persistence worker must agree.
-    package static let defaultPartitions = 8
+    /// Two: two workers share the writes, and a gateway's cut splits at most in two (each partition costs the
+    /// broker a queue's work per cut; docs/benchmarks.md, issue 19).
+    package static let defaultPartitions = 2
     /// Durable queue of one partition (single active consumer: one worker at a time keeps per-room order).
     package static func partitionQueue(_ partition: Int) -> String { "chat.persistence.p\(partition)" }
     /// The routing key of partition `partition` on ``inboundExchange``.
@@ -32,8 +34,6 @@ package enum ChatTopology {
     package static let membershipExchange = "chat.rooms.membership"
     /// Exclusive queue of one room service instance on ``membershipExchange``.
     package static func roomsInstanceQueue(_ instanceID: String) -> String { "chat.rooms.instance." + instanceID }
-    /// Header marking a membership event on a gateway's own queue.
-    package static let membershipHeader = "x-membership"
     /// Direct exchange of the channel layer's groups: routing key = group key, bound by gateways.
     package static let groupsExchange = "chat.groups"
     /// Request queues (request/reply, reply to the caller's own queue with a correlation id).
@@ -42,7 +42,7 @@ package enum ChatTopology {
     package static let roomsQueue = "chat.rooms.requests"
 
     /// The routing key of a group on ``groupsExchange``. Routing keys are at most 255 bytes, and 100
-    /// characters of Hangul take 300, so long names are hashed; receivers dispatch on the ``groupHeader``,
+    /// characters of Hangul take 300, so long names are hashed; receivers dispatch on the group named in the body (``DeliveryBatch``),
     /// never on the key, so a hash collision costs bandwidth, not correctness.
     package static func routingKey(forGroup group: String) -> String {
         let utf8 = group.utf8
@@ -59,23 +59,15 @@ package enum ChatTopology {
     package static let groupHeader = "x-group"
     /// Header carrying the per-room sequence number of a broadcast, or the first one of a history reply.
     package static let seqHeader = "x-seq"
-    /// Header carrying how many messages (frames or JSON elements) a body holds.
+    /// Header of a history reply: how many frames its body holds.
     package static let countHeader = "x-count"
     /// Header of a resume's history reply: the room's last seq.
     package static let lastSeqHeader = "x-last-seq"
     /// Header of a resume's history reply when more were missed than asked for (and none are sent).
     package static let truncatedHeader = "x-truncated"
-    /// Header of a message of acks to one gateway (their number): a JSON array of ``MessageAck``.
-    package static let acksHeader = "x-acks"
-    /// Header of a multi-room broadcast: one line per run, `<group>\t<first seq>\t<count>`, in body order.
-    /// The message is published once with the first room's routing key and the others in `CC`.
-    package static let runsHeader = "x-runs"
     /// RabbitMQ's sender-selected distribution: extra routing keys, each queue gets the message once.
     package static let ccHeader = "CC"
-    /// On a broadcast: when the gateway received its earliest message (milliseconds since 1970), for the
-    /// gateways' delivery latency.
-    package static let receivedAtHeader = "x-received-at"
 
-    /// Exclusive, auto-deleted queue of one gateway process: group broadcasts, replies and membership events.
+    /// Exclusive, auto-deleted queue of one gateway process: what ``GatewayQueueMessage`` (ChatWire) names.
     package static func gatewayQueue(_ gatewayID: String) -> String { "chat.gateway." + gatewayID }
 }

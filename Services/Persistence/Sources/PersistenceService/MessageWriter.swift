@@ -2,6 +2,7 @@ import AMQPClient
 import ChannelLayer
 import ChatProtocol
 import ChatStorage
+import ChatWire
 import Foundation
 import Hummingbird
 import Logging
@@ -18,10 +19,11 @@ struct PartitionDelivery: Sendable {
     let delivery: AMQPDelivery
 }
 
-/// Consumes the partition queues this worker owns, stores each batch in one transaction, broadcasts the
-/// stored messages to their rooms' groups, and only then acknowledges the batch. A crash anywhere before the
-/// ack makes the broker redeliver; the store is idempotent on the message id and gateways drop a seq they have
-/// already delivered, so a redelivery neither duplicates a row nor a delivery.
+/// Consumes the partition queues this worker owns, stores each batch in one transaction (synced), then in one
+/// pass of the AMQP thread publishes its ``DeliveryBatch`` (broadcasts and client acks together) and
+/// acknowledges it. A crash before the ack makes the broker redeliver; the store is idempotent on the message
+/// id and gateways drop a seq they have already delivered, so a redelivery neither duplicates a row nor a
+/// delivery.
 ///
 /// Which partitions it owns is the ``PartitionCoordinator``'s call; a partition is handed over by closing its
 /// consumer's channel (``AMQPConsumerHandle/release()``), so that what this worker held goes back to its place
@@ -33,7 +35,6 @@ final class MessageWriter: Service {
     let readiness: Readiness
     let writerLock: WriterLock?
     let logger: Logger
-    let decoder = JSONDecoder()
     let gathered = Gathering<PartitionDelivery>()
 
     struct Held {
@@ -48,6 +49,8 @@ final class MessageWriter: Service {
         var storedByPartition: [Int: Int] = [:]
         var deadLetters = 0
         var batches = 0
+        /// Batches handed to ``acknowledge(_:)`` and not acknowledged yet.
+        var awaitingConfirm = 0
     }
     private let state = Mutex(State())
     let coordinator: PartitionCoordinator
@@ -174,24 +177,25 @@ final class MessageWriter: Service {
 
     // MARK: Batches
 
-    /// A stored batch waiting for its broadcasts (and dead letters) to be confirmed before it is acknowledged.
+    /// A stored batch with dead letters, waiting for their confirm before it is acknowledged.
     struct PendingAck: Sendable {
         let confirmation: AMQPConfirmation
         let deliveries: [AMQPDelivery]
     }
 
-    /// Acknowledges batches in order once their broadcasts are confirmed. A batch whose broadcast failed is
-    /// requeued (one by one, before any later multiple-ack could cover it): it is stored already, so its
-    /// redelivery is broadcast again with the same seqs.
+    /// Acknowledges batches with dead letters in order once those are confirmed (the broker keeps a dead letter,
+    /// the store does not). One whose publish failed is requeued (one by one, before any later multiple-ack could
+    /// cover it): it is stored already, so its redelivery is broadcast again with the same seqs.
     func acknowledge(_ pending: AsyncStream<PendingAck>) async {
         for await batch in pending {
             do {
                 try await batch.confirmation.wait()
                 batch.deliveries.acknowledgeAll()
             } catch {
-                logger.warning("broadcast not confirmed; the batch will be redelivered", metadata: ["error": "\(error)"])
+                logger.warning("dead letters not confirmed; the batch will be redelivered", metadata: ["error": "\(error)"])
                 for delivery in batch.deliveries { delivery.reject(requeue: true) }
             }
+            state.withLock { $0.awaitingConfirm -= 1 }
         }
     }
 
@@ -207,16 +211,15 @@ final class MessageWriter: Service {
             let delivery = item.delivery
             deliveries.append(delivery)
             redelivered = redelivered || delivery.redelivered
-            // A gateway sends the messages that arrived together as one JSON array (or a single object).
-            let data = Data(buffer: delivery.body)
-            if data.first == UInt8(ascii: "["), let many = try? decoder.decode([InboundChatMessage].self, from: data) {
-                messages += many
-                storedByPartition[item.partition, default: 0] += many.count
-            } else if let message = try? decoder.decode(InboundChatMessage.self, from: data) {
-                messages.append(message)
-                storedByPartition[item.partition, default: 0] += 1
-            } else {
-                deadLetters.append(Self.deadLetter(body: delivery.body, reason: "undecodable message", group: nil))
+            // A gateway sends the messages of one partition that arrived together as one AMQP message.
+            do {
+                switch try PartitionQueueMessage.decode(type: delivery.properties.type, body: delivery.body) {
+                case .messages(let many):
+                    messages += many
+                    storedByPartition[item.partition, default: 0] += many.count
+                }
+            } catch {
+                deadLetters.append(Self.deadLetter(body: delivery.body, reason: "undecodable message: \(error)", group: nil))
             }
         }
         guard !deliveries.isEmpty else { return nil }
@@ -256,52 +259,58 @@ final class MessageWriter: Service {
             accepted = messages.filter { !refusedIDs.contains($0.id) }
         }
         let taken = zip(accepted, stored).map { (message: $0, row: $1) }
-        let broadcasts = Self.broadcasts(of: taken.compactMap { $0.message.id == $0.row.id ? $0.row : nil })
-        let acks = Self.acks(taken)
+        let broadcasts = Self.deliveries(taken, receivedAt: accepted.lazy.map(\.receivedAt).min())
         logger.trace("stored; broadcasting", metadata: ["batch.size": "\(stored.count)"])
-        return PendingAck(confirmation: connection.publishPipelined(broadcasts + acks + deadLetters), deliveries: deliveries)
+        let confirmation = connection.publishPipelined(broadcasts + deadLetters)
+        // The store has the batch (synced): the broker need not keep it any more, so the inbound is acked in the
+        // same pass as the broadcast, without waiting for its confirm. A broadcast lost now is a client ack lost
+        // with it (the ack travels in the same AMQP message), and the client's resend broadcasts the stored row
+        // again. Dead letters are the broker's to keep: a batch with some waits for their confirm.
+        // A multiple ack covers earlier deliveries of its channel, so it may go at once only when no earlier
+        // batch still waits for its confirm.
+        let direct = state.withLock { s in
+            if deadLetters.isEmpty && s.awaitingConfirm == 0 { return true }
+            s.awaitingConfirm += 1
+            return false
+        }
+        if direct {
+            deliveries.acknowledgeAll()
+            return nil
+        }
+        return PendingAck(confirmation: confirmation, deliveries: deliveries)
     }
 
-    /// The acks of the messages sent with a `client_id`: one AMQP message per sender's gateway (on its own queue,
-    /// header `x-acks`), each a JSON array of ``MessageAck``. Not mandatory: a gateway that is gone has no socket
-    /// to ack, and its client resends on reconnect (and is acked then, from the stored row).
-    static func acks(_ taken: [(message: InboundChatMessage, row: StoredChatMessage)]) -> [AMQPOutgoingMessage] {
-        var byGateway: [String: [MessageAck]] = [:]
-        var order: [String] = []
-        for (message, row) in taken {
-            guard let clientID = message.clientID, let replyTo = message.replyTo, let socket = message.socket else { continue }
-            if byGateway[replyTo] == nil { order.append(replyTo) }
-            byGateway[replyTo, default: []].append(MessageAck(socket: socket, clientID: clientID, id: row.id, seq: row.seq))
-        }
-        let encoder = JSONEncoder()
-        return order.compactMap { queue in
-            guard let acks = byGateway[queue], let body = try? encoder.encode(acks) else { return nil }
-            return AMQPOutgoingMessage(exchange: "", routingKey: queue, body: ByteBuffer(bytes: body),
-                                       properties: AMQPProperties(headers: [ChatTopology.acksHeader: .int(Int64(acks.count))]))
-        }
-    }
-
-    /// The broadcasts of a stored batch: one run per room of consecutive seqs (usually one per room per batch),
-    /// in seq order, and one AMQP message for up to `runsPerMessage` runs (routed to every gateway holding any
-    /// of their rooms, see ``AMQPChannelLayer/groupRunsMessage(_:receivedAt:)``), so that the broker's cost
-    /// follows batches, not rooms. Each carries when its runs' earliest message was received.
-    static func broadcasts(of stored: [StoredChatMessage], runsPerMessage: Int = 256) -> [AMQPOutgoingMessage] {
-        var runs: [(group: String, first: Int64, frames: [String])] = []
-        var runEarliest: [Int64] = []
+    /// What a stored batch sends to the gateways: every stored row it took, once (a resend's earlier row too, so a
+    /// broadcast lost before its ack is mended by the resend; gateways skip a seq they have delivered), in runs
+    /// of consecutive seqs per room, and the acks of the messages sent with a `client_id` (for their gateways'
+    /// queues). One AMQP message for up to `runsPerMessage` runs; the acks ride in the last, so a gateway that
+    /// gets an ack has been routed every broadcast before it.
+    static func deliveries(_ taken: [(message: InboundChatMessage, row: StoredChatMessage)], receivedAt: Int64?,
+                           runsPerMessage: Int = 256) -> [AMQPOutgoingMessage] {
+        var seen = Set<String>()
+        var rows = taken.compactMap { seen.insert($0.row.id).inserted ? $0.row : nil }
+        // Seq order within each room (a resend's earlier row may come after newer ones); rooms keep their first order.
+        var firstIndex: [String: Int] = [:]
+        for (index, row) in rows.enumerated() where firstIndex[row.group] == nil { firstIndex[row.group] = index }
+        rows.sort { ($0.group == $1.group) ? $0.seq < $1.seq : firstIndex[$0.group]! < firstIndex[$1.group]! }
+        var runs: [DeliveryBatch.Run] = []
         var openRun: [String: Int] = [:]
-        for message in stored {
-            if let index = openRun[message.group], runs[index].first + Int64(runs[index].frames.count) == message.seq {
-                runs[index].frames.append(message.clientFrame)
-                runEarliest[index] = min(runEarliest[index], message.createdAt)
+        for row in rows {
+            let frame = ByteBuffer(string: row.clientFrame)
+            if let index = openRun[row.group], runs[index].firstSeq + Int64(runs[index].frames.count) == row.seq {
+                runs[index].frames.append(frame)
             } else {
-                openRun[message.group] = runs.count
-                runs.append((message.group, message.seq, [message.clientFrame]))
-                runEarliest.append(message.createdAt)
+                openRun[row.group] = runs.count
+                runs.append(DeliveryBatch.Run(group: row.group, firstSeq: row.seq, frames: [frame]))
             }
         }
-        return stride(from: 0, to: runs.count, by: runsPerMessage).map {
-            let chunk = $0..<min($0 + runsPerMessage, runs.count)
-            return AMQPChannelLayer.groupRunsMessage(Array(runs[chunk]), receivedAt: runEarliest[chunk].min())
+        let acks = taken.compactMap { message, row -> DeliveryBatch.Ack? in
+            guard let clientID = message.clientID, let replyTo = message.replyTo, let socket = message.socket else { return nil }
+            return DeliveryBatch.Ack(gateway: replyTo, ack: MessageAck(socket: socket, clientID: clientID, id: row.id, seq: row.seq))
+        }
+        let chunks = stride(from: 0, to: max(runs.count, 1), by: runsPerMessage).map { runs[$0..<min($0 + runsPerMessage, runs.count)] }
+        return chunks.enumerated().compactMap { index, chunk in
+            DeliveryBatch(runs: Array(chunk), acks: index == chunks.count - 1 ? acks : [], receivedAt: receivedAt).outgoing()
         }
     }
 

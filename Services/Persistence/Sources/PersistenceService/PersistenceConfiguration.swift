@@ -13,7 +13,7 @@ package struct PersistenceConfiguration: Sendable {
     package var healthPort: Int
     /// `CHAT_PERSIST_PREFETCH` (default 1000): unacknowledged messages in flight per partition, which bounds a batch.
     package var prefetch: Int
-    /// `CHAT_PERSIST_PARTITIONS` (default 8): partition queues of `chat.inbound`; the same in every gateway and worker.
+    /// `CHAT_PERSIST_PARTITIONS` (default 2): partition queues of `chat.inbound`; the same in every gateway and worker.
     package var partitions: Int
     /// `CHAT_PERSIST_WORKER_ID` (default random): this worker's name among the workers.
     package var workerID: String

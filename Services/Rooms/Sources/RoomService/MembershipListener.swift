@@ -1,6 +1,7 @@
 import AMQPClient
 import ChannelLayer
 import ChatProtocol
+import ChatWire
 import ChatStorage
 import CoreMetrics
 import Foundation
@@ -25,15 +26,16 @@ struct MembershipListener: Service {
         let queue = ChatTopology.roomsInstanceQueue(instanceID)
         try await ChatTopology.declare(.roomsInstance(id: instanceID), on: connection)
         let membership = self.membership, logger = self.logger
-        let decoder = JSONDecoder()
         let (ended, end) = AsyncStream<Void>.makeStream()
         let consumer = connection.consume(queue: queue, prefetch: 2000, autoAck: true, finished: { end.finish() }) { batch in
             for delivery in batch {
-                guard let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: delivery.body)) else {
-                    logger.warning("dropping a malformed membership event", metadata: ["amqp.queue": "\(queue)"])
-                    continue
+                do {
+                    switch try RoomsInstanceQueueMessage.decode(type: delivery.properties.type, body: delivery.body) {
+                    case .membership(let event): event.apply(to: membership)
+                    }
+                } catch {
+                    logger.warning("dropping a malformed membership event", metadata: ["amqp.queue": "\(queue)", "error": "\(error)"])
                 }
-                event.apply(to: membership)
             }
         }
         await withTaskCancellationOrGracefulShutdownHandler {

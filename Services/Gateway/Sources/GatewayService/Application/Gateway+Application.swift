@@ -26,12 +26,9 @@ package func buildApplication(_ configuration: GatewayConfiguration, logger: Log
     // sockets are counted from the registry of its groups).
     let registry = GroupRegistry()
     let presence = MembershipPresence(gatewayID: configuration.gatewayID, registry: registry, expiry: configuration.gatewayExpiry)
-    let decoder = JSONDecoder()
     let sockets = SocketDirectory()
     let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, registry: registry, logger: logger,
-                                 onAcks: { body in sockets.deliverAcks(body) }) { body in
-        if let event = try? decoder.decode(MembershipEvent.self, from: Data(buffer: body)) { presence.apply(event) }
-    }
+                                 onAcks: { acks in sockets.deliverAcks(acks) }) { event in presence.apply(event) }
     let broker = AMQPGatewayBroker(layer: layer, gatewayID: configuration.gatewayID, partitions: configuration.partitions)
     let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, sockets: sockets, logger: logger)
     guard configuration.jwtSecret.utf8.count >= 32 else {

@@ -55,7 +55,7 @@ package struct GatewayConfiguration: Sendable {
     /// messages of several sockets go as one publish at moderate load.
     package var amqpLinger: Duration = Self.defaultAMQPLinger
     package static let defaultAMQPLinger: Duration = .microseconds(500)
-    /// `CHAT_PERSIST_PARTITIONS` (default 8): the partitions of `chat.inbound`; the same in every gateway and
+    /// `CHAT_PERSIST_PARTITIONS` (default 2): the partitions of `chat.inbound`; the same in every gateway and
     /// persistence worker (a room's messages go to the partition its name hashes to).
     package var partitions: Int = ChatTopology.defaultPartitions
     /// `CHAT_GATEWAY_EXPIRY_SECONDS` (default 15): another gateway not heard from for this long has its members

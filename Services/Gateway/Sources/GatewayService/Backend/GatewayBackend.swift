@@ -48,17 +48,16 @@ final class GatewayBackend: Service {
     /// awaited (a socket's join need not wait a broker round trip for it): publishes leave in the order they are
     /// made, and a lost event is mended by the next heartbeat.
     func publishMembership(_ event: MembershipEvent) {
-        guard let body = try? encoder.encode(event) else { return }
-        broker.publishMembership(ByteBuffer(bytes: body))
+        broker.publishMembership(event)
     }
 
     /// The presence frame of a room as this gateway sees it now: its own sockets and the other gateways'.
     func presenceFrame(_ group: String) -> String { presence.frame(for: group) }
 
     /// Hands a client message to the persistence service. Messages from every socket of this gateway that arrive
-    /// together go out as one AMQP message (a JSON array), which is what keeps the broker's cost per chat
-    /// message low; a socket's messages keep their order. The confirmation (the broker has the batch on disk)
-    /// is awaited apart.
+    /// together go out as one AMQP message per partition (``PartitionQueueMessage``), which is what keeps the
+    /// broker's cost per chat message low; a socket's messages keep their order. The confirmation (the broker
+    /// routed the batch) is awaited apart; the client's ack comes from persistence once the message is stored.
     func submit(_ message: InboundChatMessage) -> AMQPConfirmation {
         broker.submit(message)
     }

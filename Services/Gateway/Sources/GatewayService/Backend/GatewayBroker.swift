@@ -1,7 +1,9 @@
 import AMQPClient
 import ChannelLayer
 import ChatProtocol
+import ChatWire
 import NIOCore
+import Presence
 
 /// What the gateway needs of its broker, the seam its tests swap: the channel layer's groups and this process's
 /// members of them, request/reply to the other services, fire-and-forget membership events, and the hand-off
@@ -17,8 +19,9 @@ protocol GatewayBroker: ChannelLayer {
     /// Sends a request to a service's queue and waits for its reply.
     func request(_ body: ByteBuffer, to queue: String, timeout: Duration) async throws -> BrokerReply
     /// Publishes a membership event to every gateway and room service instance, without waiting for the broker.
-    func publishMembership(_ body: ByteBuffer)
-    /// Hands a client message to persistence; the confirmation succeeds once the broker has it on disk.
+    func publishMembership(_ event: MembershipEvent)
+    /// Hands a client message to persistence; the confirmation succeeds once the broker has routed it to its
+    /// partition's queue (its ack comes from persistence, once it is stored).
     func submit(_ message: InboundChatMessage) -> AMQPConfirmation
 }
 
@@ -59,8 +62,8 @@ struct AMQPGatewayBroker: GatewayBroker {
         return BrokerReply(headers: delivery.properties.headers, body: delivery.body)
     }
 
-    func publishMembership(_ body: ByteBuffer) {
-        layer.connection.publishPipelined([AMQPOutgoingMessage(exchange: ChatTopology.membershipExchange, routingKey: "", body: body)])
+    func publishMembership(_ event: MembershipEvent) {
+        layer.connection.publishPipelined([MembershipWire.outgoing(event)])
     }
 
     func submit(_ message: InboundChatMessage) -> AMQPConfirmation { inbound.add(message) }

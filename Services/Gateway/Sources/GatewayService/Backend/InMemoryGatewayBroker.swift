@@ -2,6 +2,7 @@ import AMQPClient
 import ChannelLayer
 import ChatProtocol
 import NIOCore
+import Presence
 import Synchronization
 
 /// A gateway broker inside one process, for unit tests: groups on an ``InMemoryChannelLayer``, requests
@@ -11,7 +12,7 @@ final class InMemoryGatewayBroker: GatewayBroker {
     typealias Responder = @Sendable (_ queue: String, _ body: ByteBuffer) async throws -> BrokerReply
     private let layer = InMemoryChannelLayer()
     private let respond: Responder
-    private let state = Mutex<(submitted: [InboundChatMessage], events: [ByteBuffer])>(([], []))
+    private let state = Mutex<(submitted: [InboundChatMessage], events: [MembershipEvent])>(([], []))
 
     init(respond: @escaping Responder) {
         self.respond = respond
@@ -20,7 +21,7 @@ final class InMemoryGatewayBroker: GatewayBroker {
     var registry: GroupRegistry { layer.registry }
     let replyQueue = "chat.gateway.memory"
     var submitted: [InboundChatMessage] { state.withLock { $0.submitted } }
-    var membershipEvents: [ByteBuffer] { state.withLock { $0.events } }
+    var membershipEvents: [MembershipEvent] { state.withLock { $0.events } }
 
     func declareTopology() async throws {}
     func groupAdd(_ group: String, channel: any GroupMember) async throws { try await layer.groupAdd(group, channel: channel) }
@@ -31,8 +32,8 @@ final class InMemoryGatewayBroker: GatewayBroker {
         try await respond(queue, body)
     }
 
-    func publishMembership(_ body: ByteBuffer) {
-        state.withLock { $0.events.append(body) }
+    func publishMembership(_ event: MembershipEvent) {
+        state.withLock { $0.events.append(event) }
     }
 
     func submit(_ message: InboundChatMessage) -> AMQPConfirmation {

@@ -1,6 +1,7 @@
 import AMQPClient
 import ChannelLayer
 import ChatProtocol
+import ChatWire
 import Foundation
 import Hummingbird
 import HummingbirdCore
@@ -12,8 +13,8 @@ import ServiceKit
 import ServiceLifecycle
 import Synchronization
 
-/// Coalesces the client messages of every socket of this gateway into one AMQP message (a JSON array) on
-/// `chat.inbound`. The first message after a cut asks the AMQP connection to publish "when ready": the batch
+/// Coalesces the client messages of every socket of this gateway into one AMQP message per partition on
+/// `chat.inbound` (``PartitionQueueMessage``). The first message after a cut asks the AMQP connection to publish "when ready": the batch
 /// is cut when its thread gets to that request, so it holds whatever arrived meanwhile, one message when the
 /// gateway is quiet and hundreds under load, with no task or timer per batch. Cuts happen in order on that
 /// thread, so a socket's messages keep their order; every message of a batch shares its confirmation.
@@ -66,35 +67,7 @@ final class InboundBatcher: Sendable {
             byPartition[partition, default: []].append(message)
         }
         return AMQPProducedBatch(messages: order.map { partition in
-            let messages = byPartition[partition]!
-            return AMQPOutgoingMessage(
-                exchange: ChatTopology.inboundExchange, routingKey: ChatTopology.partitionRoutingKey(partition),
-                body: ByteBuffer(string: Self.encode(messages)),
-                properties: AMQPProperties(persistent: true, headers: [ChatTopology.countHeader: .int(Int64(messages.count))]),
-                mandatory: true)
+            PartitionQueueMessage.messages(byPartition[partition]!).outgoing(partition: partition)
         }, confirmation: confirmation)
-    }
-
-    /// `[{"id","group","sender"?,"text","receivedAt","clientID"?,"replyTo"?,"socket"?}, …]`: what
-    /// `InboundChatMessage`'s Codable reads.
-    static func encode(_ batch: [InboundChatMessage]) -> String {
-        var out = "["
-        for (index, message) in batch.enumerated() {
-            if index > 0 { out.append(",") }
-            var object = JSONWriter()
-            object.beginObject()
-            object.field("id", message.id)
-            object.field("group", message.group)
-            object.field("sender", message.sender)
-            object.field("text", message.text)
-            object.field("receivedAt", message.receivedAt)
-            object.field("clientID", message.clientID)
-            object.field("replyTo", message.replyTo)
-            object.field("socket", message.socket.map(Int64.init))
-            object.endObject()
-            out.append(object.output)
-        }
-        out.append("]")
-        return out
     }
 }

@@ -1,5 +1,4 @@
 import ChatProtocol
-import Foundation
 import NIOCore
 import Synchronization
 
@@ -11,9 +10,8 @@ final class SocketDirectory: Sendable {
     func add(_ member: SocketMember) { sockets.withLock { $0[member.memberID] = member } }
     func remove(_ member: SocketMember) { _ = sockets.withLock { $0.removeValue(forKey: member.memberID) } }
 
-    /// Hands each ack of a `x-acks` body to its socket, on the socket's loop.
-    func deliverAcks(_ body: ByteBuffer) {
-        guard let acks = try? JSONDecoder().decode([MessageAck].self, from: Data(buffer: body)) else { return }
+    /// Hands each ack to its socket, on the socket's loop.
+    func deliverAcks(_ acks: [MessageAck]) {
         for ack in acks {
             guard let member = sockets.withLock({ $0[ack.socket] }) else { continue }
             let frame = ByteBuffer(string: ClientFrame.ack(clientID: ack.clientID, id: ack.id, seq: ack.seq))
