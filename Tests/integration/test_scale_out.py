@@ -330,12 +330,12 @@ def kill_mid_stream(target, stack, check_after=None):
 def test_sigkill_of_a_persistence_worker_mid_stream_moves_its_partitions_and_loses_nothing():
     stack = ScaledStack("killworker", env=QUICK_MEMBERSHIP).start()
     try:
-        assert wait_until(lambda: sorted(len(p) for p in owned(stack).values()) == [4, 4], timeout=15)
+        assert wait_until(lambda: sorted(len(p) for p in owned(stack).values()) == [PARTITIONS // 2, PARTITIONS // 2], timeout=15)
         seconds = kill_mid_stream("persistence0", stack, check_after=lambda: owned(stack).get("w1") == list(range(PARTITIONS)))
         print(f"\npartitions moved to the surviving worker {seconds:.1f} s after the SIGKILL")
         assert seconds <= 10
         stack.restart_persistence(0)
-        assert wait_until(lambda: sorted(len(p) for p in owned(stack).values()) == [4, 4], timeout=15)
+        assert wait_until(lambda: sorted(len(p) for p in owned(stack).values()) == [PARTITIONS // 2, PARTITIONS // 2], timeout=15)
     finally:
         stack.stop()
 
