@@ -15,7 +15,7 @@ package func buildApplication(_ configuration: PersistenceConfiguration, logger:
         configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "persistence-\(configuration.workerID)",
                                          linger: configuration.amqpLinger),
         logger: logger)
-    let database = try await openDatabase(url: configuration.databaseURL, logger: logger)
+    let database = try await openDatabase(url: configuration.databaseURL, logger: logger, syncEveryCommit: true)
     let readiness = Readiness()
     let store = MessageStore(database: database)
     let writer = MessageWriter(connection: connection, store: store, configuration: configuration, readiness: readiness,
