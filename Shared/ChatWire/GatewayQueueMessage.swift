@@ -48,10 +48,9 @@ package struct DeliveryBatch: Equatable, Sendable {
     package var routingKeys: [String] {
         var keys: [String] = []
         var seen = Set<String>()
-        for run in runs where seen.insert(ChatTopology.routingKey(forGroup: run.group)).inserted {
-            keys.append(ChatTopology.routingKey(forGroup: run.group))
+        for key in runs.map({ ChatTopology.routingKey(forGroup: $0.group) }) + acks.map(\.gateway) where seen.insert(key).inserted {
+            keys.append(key)
         }
-        for ack in acks where seen.insert(ack.gateway).inserted { keys.append(ack.gateway) }
         return keys
     }
 
