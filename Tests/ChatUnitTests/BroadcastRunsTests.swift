@@ -37,7 +37,7 @@ import Testing
         let rows = [stored("named:a", 1, at: 5), stored("named:a", 2), stored("named:b", 7, at: 3), stored("named:a", 3), stored("named:b", 8)]
         var taken = taken(rows)
         taken[1].message = inbound(rows[1], clientID: "c1", gateway: "chat.gateway.g2", socket: 9)
-        let messages = MessageWriter.deliveries(taken, receivedAt: 3)
+        let messages = BatchPublisher.deliveries(taken, receivedAt: 3)
         #expect(messages.count == 1)
         let decoded = try batch(messages[0])
         #expect(summary(decoded) == ["named:a 1 3", "named:b 7 2"])
@@ -54,13 +54,13 @@ import Testing
         // A resend (new message id, same client id) finds the row stored earlier (seq 4) while seq 9 is new.
         let old = stored("named:a", 4, id: "first"), new = stored("named:a", 9)
         let taken = [(inbound(new), new), (inbound(old, id: "resend", clientID: "c", gateway: "chat.gateway.g1", socket: 1), old)]
-        let decoded = try batch(try #require(MessageWriter.deliveries(taken, receivedAt: nil).first))
+        let decoded = try batch(try #require(BatchPublisher.deliveries(taken, receivedAt: nil).first))
         #expect(summary(decoded) == ["named:a 4 1", "named:a 9 1"])  // seq order within the room
         #expect(decoded.acks.map(\.ack.seq) == [4])
     }
 
     @Test func aGapInARoomsSeqsStartsANewRun() throws {
-        let messages = MessageWriter.deliveries(taken([stored("named:a", 1), stored("named:a", 3), stored("named:a", 4)]), receivedAt: nil)
+        let messages = BatchPublisher.deliveries(taken([stored("named:a", 1), stored("named:a", 3), stored("named:a", 4)]), receivedAt: nil)
         #expect(messages.count == 1)
         #expect(try summary(batch(messages[0])) == ["named:a 1 1", "named:a 3 2"])
     }
@@ -69,10 +69,10 @@ import Testing
         let rows = (0..<300).map { stored("named:r\($0)", 1) }
         var taken = taken(rows)
         taken[0].message = inbound(rows[0], clientID: "c", gateway: "chat.gateway.g1", socket: 1)
-        let messages = MessageWriter.deliveries(taken, receivedAt: 7)
+        let messages = BatchPublisher.deliveries(taken, receivedAt: 7)
         #expect(try messages.map { try batch($0).runs.count } == [256, 44])
         #expect(try messages.map { try batch($0).acks.count } == [0, 1])
-        #expect(MessageWriter.deliveries([], receivedAt: nil).isEmpty)
+        #expect(BatchPublisher.deliveries([], receivedAt: nil).isEmpty)
     }
 
     func layer() throws -> (AMQPChannelLayer, AMQPConnection) {
@@ -86,7 +86,7 @@ import Testing
         defer { Task { await connection.close() } }
         let inA = Mailbox(id: 1)
         try await layer.registry.add("named:a", inA, onFirstMember: {})
-        let message = MessageWriter.deliveries(taken([stored("named:b", 1), stored("named:a", 4), stored("named:a", 5)]), receivedAt: nil)[0]
+        let message = BatchPublisher.deliveries(taken([stored("named:b", 1), stored("named:a", 4), stored("named:a", 5)]), receivedAt: nil)[0]
         layer.deliver(try batch(message))
         var received: [ChannelMessage] = []
         for await delivered in inA.messages {

@@ -6,12 +6,30 @@ import ServiceKit
 import ServiceLifecycle
 import Synchronization
 
+/// Which partitions this worker consumes: ``run(onChange:)`` reports every change until shutdown. The
+/// ``PartitionCoordinator`` agrees on it with the other workers; unit tests give a fixed set.
+protocol PartitionAssignment: Sendable {
+    /// The workers it knows of, this one included.
+    var workers: [String] { get }
+    func run(onChange: @escaping @Sendable (Set<Int>) -> Void) async
+}
+
+/// Every partition, for a worker alone (unit tests): reported once, kept until shutdown.
+struct FixedPartitions: PartitionAssignment {
+    let partitions: Set<Int>
+    var workers: [String] { ["fixed"] }
+    func run(onChange: @escaping @Sendable (Set<Int>) -> Void) async {
+        onChange(partitions)
+        while await sleepUntilShutdown(for: .seconds(3600)) {}
+    }
+}
+
 /// Tells this worker which partitions to consume: announces the worker on `chat.persistence.workers` (a
 /// fanout) three times per lease, hears the others' announcements on its own queue, and hands the
 /// assignment of ``PartitionOwnership`` to `onChange` whenever a worker joins, leaves or expires (and on
 /// every announcement, so a consumer lost to a broker restart is started again). A worker that stops
 /// gracefully says so, and the others take its partitions at once instead of after the lease.
-final class PartitionCoordinator: Sendable {
+final class PartitionCoordinator: PartitionAssignment {
     let connection: AMQPConnection
     let configuration: PersistenceConfiguration
     let logger: Logger

@@ -18,7 +18,9 @@ package func buildApplication(_ configuration: PersistenceConfiguration, logger:
     let database = try await openDatabase(url: configuration.databaseURL, logger: logger, syncEveryCommit: true)
     let readiness = Readiness()
     let store = MessageStore(database: database)
-    let writer = MessageWriter(connection: connection, store: store, configuration: configuration, readiness: readiness,
+    let writer = MessageWriter(broker: AMQPPersistenceBroker(connection: connection), store: store, migrate: { try await store.migrate() },
+                               assignment: PartitionCoordinator(connection: connection, configuration: configuration, logger: logger),
+                               configuration: configuration, readiness: readiness,
                                writerLock: WriterLock.forDatabase(url: configuration.databaseURL), logger: logger)
     let history = HistoryResponder(connection: connection, store: store, logger: logger)
     let health = makeHealthServer(service: "persistence", host: configuration.healthHost, port: configuration.healthPort,
