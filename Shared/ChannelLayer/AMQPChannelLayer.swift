@@ -13,7 +13,7 @@ import ServiceLifecycle
 /// - what arrives on the queue is a ``GatewayQueueMessage``, read once and dispatched by one `switch`.
 package final class AMQPChannelLayer: ChannelLayer, Service {
     package let connection: AMQPConnection
-    package let registry: GroupRegistry
+    package let hub: Hub
     package let requester: AMQPRequester
     /// This process's queue, `chat.gateway.<id>`.
     package let queueName: String
@@ -21,19 +21,16 @@ package final class AMQPChannelLayer: ChannelLayer, Service {
     /// When set, this process's queue is bound to the membership fanout too, and its events go here (on the
     /// connection's thread).
     let onMembershipEvent: (@Sendable (MembershipEvent) -> Void)?
-    /// Where persistence's acks to this process's sockets go, on the connection's thread.
-    let onAcks: (@Sendable ([MessageAck]) -> Void)?
 
-    /// `registry` holds this process's members of groups (made by the caller when something else, presence,
+    /// `hub` holds this process's members of groups (made by the caller when something else, presence,
     /// reads it too).
-    package init(connection: AMQPConnection, processID: String, registry: GroupRegistry = GroupRegistry(), logger: Logger,
-                 onAcks: (@Sendable ([MessageAck]) -> Void)? = nil, onMembershipEvent: (@Sendable (MembershipEvent) -> Void)? = nil) {
+    package init(connection: AMQPConnection, processID: String, hub: Hub = Hub(), logger: Logger,
+                 onMembershipEvent: (@Sendable (MembershipEvent) -> Void)? = nil) {
         self.connection = connection
         self.onMembershipEvent = onMembershipEvent
-        self.onAcks = onAcks
         let queue = ChatTopology.gatewayQueue(processID)
         self.queueName = queue
-        self.registry = registry
+        self.hub = hub
         self.requester = AMQPRequester(connection: connection, replyQueue: queue)
         var logger = logger
         logger[metadataKey: "amqp.queue"] = .string(queue)
@@ -75,7 +72,7 @@ package final class AMQPChannelLayer: ChannelLayer, Service {
         case .deliveries(let batch):
             deliver(batch)
         case .groupFrame(let group, let seq, let frame):
-            registry.dispatch([ChannelMessage(body: frame, group: group, seq: seq)], to: group, delivered: ChannelMetrics.recorder(messages: 1, receivedAt: nil))
+            hub.dispatch([ChannelMessage(body: frame, group: group, seq: seq)], to: group, delivered: ChannelMetrics.recorder(messages: 1, receivedAt: nil))
         case .membership(let event):
             onMembershipEvent?(event)
         case .reply:
@@ -84,33 +81,37 @@ package final class AMQPChannelLayer: ChannelLayer, Service {
     }
 
     /// A persistence batch: each run goes to its group's local members (rooms this process does not hold are
-    /// skipped: the message reached this queue through another room's key), and the acks naming this queue to
-    /// their sockets.
+    /// skipped: the message reached this queue through another room's key), its frames encoded once for all of
+    /// them, in one hop per event loop; then the acks naming this queue go to their sockets.
     func deliver(_ batch: DeliveryBatch) {
-        for run in batch.runs where registry.memberCount(run.group) > 0 {
+        var broadcasts: [Hub.Broadcast] = []
+        for run in batch.runs where hub.memberCount(run.group) > 0 {
+            let wires = WebSocketWire.textFrames(run.frames)
             var messages: [ChannelMessage] = []
             messages.reserveCapacity(run.frames.count)
             for (index, frame) in run.frames.enumerated() {
-                messages.append(ChannelMessage(body: frame, group: run.group, seq: run.firstSeq + Int64(index)))
+                messages.append(ChannelMessage(body: frame, group: run.group, seq: run.firstSeq + Int64(index), wire: wires[index]))
             }
-            registry.dispatch(messages, to: run.group, delivered: ChannelMetrics.recorder(messages: messages.count, receivedAt: batch.receivedAt))
+            broadcasts.append(Hub.Broadcast(group: run.group, messages: messages,
+                                            delivered: ChannelMetrics.recorder(messages: messages.count, receivedAt: batch.receivedAt)))
         }
-        if let onAcks, !batch.acks.isEmpty {
+        if !broadcasts.isEmpty { hub.deliver(broadcasts) }
+        if !batch.acks.isEmpty {
             let mine = batch.acks.compactMap { $0.gateway == queueName ? $0.ack : nil }
-            if !mine.isEmpty { onAcks(mine) }
+            if !mine.isEmpty { hub.acknowledge(mine) }
         }
     }
 
     package func groupAdd(_ group: String, channel: any GroupMember) async throws {
         let connection = self.connection, queue = queueName, key = ChatTopology.routingKey(forGroup: group)
-        try await registry.add(group, channel) {
+        try await hub.add(group, channel) {
             try await connection.bindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
         }
     }
 
     package func groupDiscard(_ group: String, channel: any GroupMember) async throws {
         let connection = self.connection, queue = queueName, key = ChatTopology.routingKey(forGroup: group)
-        try await registry.remove(group, channel) {
+        try await hub.remove(group, channel) {
             try await connection.unbindQueue(queue, exchange: ChatTopology.groupsExchange, routingKey: key)
         }
     }

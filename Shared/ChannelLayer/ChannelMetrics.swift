@@ -19,7 +19,7 @@ enum ChannelMetrics {
     /// milliseconds, so a sample is up to 1 ms long).
     static let deliveryLatency = Timer(label: "chat_gateway_delivery_latency_seconds")
 
-    /// Counts a broadcast's deliveries and their latency, as ``GroupRegistry/dispatch(_:to:delivered:)`` reports them.
+    /// Counts a broadcast's deliveries and their latency, as ``Hub/dispatch(_:to:delivered:)`` reports them.
     static func recorder(messages: Int, receivedAt: Int64?) -> @Sendable (Int) -> Void {
         { members in
             delivered.increment(by: members * messages)

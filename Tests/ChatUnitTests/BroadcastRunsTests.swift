@@ -85,7 +85,7 @@ import Testing
         let (layer, connection) = try layer()
         defer { Task { await connection.close() } }
         let inA = Mailbox(id: 1)
-        try await layer.registry.add("named:a", inA, onFirstMember: {})
+        try await layer.hub.add("named:a", inA, onFirstMember: {})
         let message = BatchPublisher.deliveries(taken([stored("named:b", 1), stored("named:a", 4), stored("named:a", 5)]), receivedAt: nil)[0]
         layer.deliver(try batch(message))
         var received: [ChannelMessage] = []
@@ -95,7 +95,7 @@ import Testing
         }
         #expect(received.map(\.seq) == [4, 5])
         #expect(received.map { String(buffer: $0.body) } == [stored("named:a", 4).clientFrame, stored("named:a", 5).clientFrame])
-        #expect(layer.registry.memberCount("named:b") == 0)
+        #expect(layer.hub.memberCount("named:b") == 0)
     }
 
     @Test func anUnreadableOrUnknownMessageIsDroppedWhole() throws {

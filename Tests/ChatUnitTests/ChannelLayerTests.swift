@@ -21,24 +21,24 @@ import Testing
     }
 
     @Test func bindingsAreReferenceCountedAndOrderedPerGroup() async throws {
-        let registry = GroupRegistry()
+        let hub = Hub()
         let events = EventLog()
         let channels = (0..<100).map { Mailbox(id: $0) }
         await withTaskGroup(of: Void.self) { group in
             for c in channels {
                 group.addTask {
-                    try? await registry.add("room", c) { events.append("bind") }
+                    try? await hub.add("room", c) { events.append("bind") }
                 }
             }
         }
         #expect(events.all == ["bind"])
-        #expect(registry.memberCount("room") == 100)
+        #expect(hub.memberCount("room") == 100)
         for c in channels.dropLast() {
-            try await registry.remove("room", c) { events.append("unbind") }
+            try await hub.remove("room", c) { events.append("unbind") }
         }
         #expect(events.all == ["bind"])
-        try await registry.remove("room", channels.last!) { events.append("unbind") }
-        try await registry.add("room", channels[0]) { events.append("bind") }
+        try await hub.remove("room", channels.last!) { events.append("unbind") }
+        try await hub.add("room", channels[0]) { events.append("bind") }
         #expect(events.all == ["bind", "unbind", "bind"])
     }
 }

@@ -12,7 +12,7 @@ import Testing
         let broker = InMemoryGatewayBroker { _, _ in
             BrokerReply(headers: [:], body: ByteBuffer(bytes: try JSONEncoder().encode(RoomReply.joined(roomID: nil, created: false))))
         }
-        let presence = MembershipPresence(gatewayID: gatewayID, registry: broker.registry, expiry: .seconds(15))
+        let presence = MembershipPresence(gatewayID: gatewayID, hub: broker.hub, expiry: .seconds(15))
         let backend = GatewayBackend(configuration: GatewayConfiguration(gatewayID: gatewayID), broker: broker, presence: presence,
                                      logger: Logger(label: "test"))
         return (backend, broker)

@@ -45,7 +45,7 @@ import ServiceKit
         let configuration = GatewayConfiguration(maxBodyBytes: 1024)
         let broker = InMemoryGatewayBroker(respond: respond)
         let backend = GatewayBackend(configuration: configuration, broker: broker,
-                                     presence: MembershipPresence(gatewayID: "g1", registry: broker.registry, expiry: .seconds(15)),
+                                     presence: MembershipPresence(gatewayID: "g1", hub: broker.hub, expiry: .seconds(15)),
                                      logger: Logger(label: "test"))
         let authenticator = await Authenticator(secret: configuration.jwtSecret)
         let router = Router()
@@ -118,7 +118,7 @@ import ServiceKit
         let configuration = GatewayConfiguration()
         let broker = InMemoryGatewayBroker(respond: Self.respond)
         let backend = GatewayBackend(configuration: configuration, broker: broker,
-                                     presence: MembershipPresence(gatewayID: "g1", registry: broker.registry, expiry: .seconds(15)),
+                                     presence: MembershipPresence(gatewayID: "g1", hub: broker.hub, expiry: .seconds(15)),
                                      logger: Logger(label: "test"))
         let router = Router()
         router.add(middleware: RequestLogMiddleware())
@@ -143,7 +143,7 @@ import ServiceKit
         defer { Task { await connection.close() } }
         let broker = InMemoryGatewayBroker(respond: Self.respond)
         let backend = GatewayBackend(configuration: configuration, broker: broker,
-                                     presence: MembershipPresence(gatewayID: "g1", registry: broker.registry, expiry: .seconds(15)),
+                                     presence: MembershipPresence(gatewayID: "g1", hub: broker.hub, expiry: .seconds(15)),
                                      logger: Logger(label: "test"))
         let router = Router()
         HealthRoutes.add(to: router, service: "gateway", connection: connection)

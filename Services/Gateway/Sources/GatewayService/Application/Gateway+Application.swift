@@ -23,14 +23,13 @@ package func buildApplication(_ configuration: GatewayConfiguration, logger: Log
                                          linger: configuration.amqpLinger),
         logger: logger)
     // Every gateway's joins, leaves and heartbeats, for the presence counts of this gateway's rooms (its own named
-    // sockets are counted from the registry of its groups).
-    let registry = GroupRegistry()
-    let presence = MembershipPresence(gatewayID: configuration.gatewayID, registry: registry, expiry: configuration.gatewayExpiry)
-    let sockets = SocketDirectory()
-    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, registry: registry, logger: logger,
-                                 onAcks: { acks in sockets.deliverAcks(acks) }) { event in presence.apply(event) }
+    // sockets are counted from the hub of its groups).
+    let hub = Hub()
+    let presence = MembershipPresence(gatewayID: configuration.gatewayID, hub: hub, expiry: configuration.gatewayExpiry)
+    let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, hub: hub, logger: logger,
+                                 onMembershipEvent: { event in presence.apply(event) })
     let broker = AMQPGatewayBroker(layer: layer, gatewayID: configuration.gatewayID, partitions: configuration.partitions)
-    let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, sockets: sockets, logger: logger)
+    let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, logger: logger)
     guard configuration.jwtSecret.utf8.count >= 32 else {
         throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
     }

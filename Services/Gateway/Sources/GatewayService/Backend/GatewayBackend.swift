@@ -23,16 +23,34 @@ final class GatewayBackend: Service {
 
     /// Who is in which room, here and on the other gateways.
     let presence: any PresenceManager
-    /// This gateway's open sockets, for the acks of their messages.
-    let sockets: SocketDirectory
 
-    init(configuration: GatewayConfiguration, broker: any GatewayBroker, presence: any PresenceManager,
-         sockets: SocketDirectory = SocketDirectory(), logger: Logger) {
+    init(configuration: GatewayConfiguration, broker: any GatewayBroker, presence: any PresenceManager, logger: Logger) {
         self.configuration = configuration
         self.broker = broker
         self.presence = presence
-        self.sockets = sockets
         self.logger = logger
+    }
+
+    // MARK: Sockets and groups
+
+    /// This gateway's sockets: which are open and which room each is in.
+    var hub: Hub { broker.hub }
+    /// Where persistence sends the acks of this gateway's sockets.
+    var replyQueue: String { broker.replyQueue }
+
+    /// Adds a socket to its room's group: once this returns, every broadcast to the room reaches it.
+    func addToGroup(_ group: String, _ member: any GroupMember) async throws {
+        try await broker.groupAdd(group, channel: member)
+    }
+
+    /// Takes a socket out of its room's group.
+    func removeFromGroup(_ group: String, _ member: any GroupMember) async throws {
+        try await broker.groupDiscard(group, channel: member)
+    }
+
+    /// Sends a frame to every socket of a room, on every gateway (read receipts).
+    func sendToGroup(_ group: String, frame: ByteBuffer) async throws {
+        try await broker.groupSend(group, message: ChannelMessage(body: frame))
     }
 
     func run() async throws {

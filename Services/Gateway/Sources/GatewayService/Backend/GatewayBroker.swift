@@ -11,7 +11,7 @@ import Presence
 /// unit tests of the gateway's logic, never as proof that the system works.
 protocol GatewayBroker: ChannelLayer {
     /// The groups of this process and their local members.
-    var registry: GroupRegistry { get }
+    var hub: Hub { get }
     /// This process's own queue: where replies and acks for its sockets are sent.
     var replyQueue: String { get }
     /// Declares what the gateway publishes to and consumes from.
@@ -46,7 +46,7 @@ struct AMQPGatewayBroker: GatewayBroker {
         self.inbound = InboundBatcher(connection: layer.connection, partitions: partitions)
     }
 
-    var registry: GroupRegistry { layer.registry }
+    var hub: Hub { layer.hub }
     var replyQueue: String { layer.queueName }
 
     func declareTopology() async throws {

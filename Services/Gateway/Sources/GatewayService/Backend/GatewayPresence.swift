@@ -21,18 +21,18 @@ protocol PresenceManager: Sendable {
 }
 
 /// Presence from the membership fanout: the others' members in a ``Membership``, this gateway's own named
-/// sockets from its group registry (never behind), its consultation participants counted here.
+/// sockets from its group hub (never behind), its consultation participants counted here.
 final class MembershipPresence: PresenceManager {
     let gatewayID: String
-    let registry: GroupRegistry
+    let hub: Hub
     /// The other gateways' members.
     let others: Membership
     /// This gateway's consultation sockets per room and email.
     private let localOnline = Mutex<[String: [String: Int]]>([:])
 
-    init(gatewayID: String, registry: GroupRegistry, expiry: Duration) {
+    init(gatewayID: String, hub: Hub, expiry: Duration) {
         self.gatewayID = gatewayID
-        self.registry = registry
+        self.hub = hub
         self.others = Membership(expiry: expiry)
     }
 
@@ -51,13 +51,13 @@ final class MembershipPresence: PresenceManager {
     }
 
     func apply(_ event: MembershipEvent) {
-        // This gateway's own events come back on the fanout: its members are counted from the registry.
+        // This gateway's own events come back on the fanout: its members are counted from the hub.
         guard event.gateway != gatewayID else { return }
         event.apply(to: others)
     }
 
     func heartbeat(gateway: String) -> MembershipEvent {
-        MembershipEvent(kind: .heartbeat, gateway: gateway, rooms: registry.memberCounts(), online: localOnline.withLock { $0 })
+        MembershipEvent(kind: .heartbeat, gateway: gateway, rooms: hub.memberCounts(), online: localOnline.withLock { $0 })
     }
 
     func frame(for group: String) -> String {
@@ -66,7 +66,7 @@ final class MembershipPresence: PresenceManager {
             online.formUnion(localOnline.withLock { $0[group]?.keys.map { $0 } ?? [] })
             return PresenceFrame.consult(online: Array(online))
         }
-        let count = registry.memberCount(group) + others.members(of: group, excluding: gatewayID)
+        let count = hub.memberCount(group) + others.members(of: group, excluding: gatewayID)
         return PresenceFrame.named(room: ChatGroup.displayName(ofKey: group), count: count)
     }
 

@@ -18,7 +18,7 @@ final class InMemoryGatewayBroker: GatewayBroker {
         self.respond = respond
     }
 
-    var registry: GroupRegistry { layer.registry }
+    var hub: Hub { layer.hub }
     let replyQueue = "chat.gateway.memory"
     var submitted: [InboundChatMessage] { state.withLock { $0.submitted } }
     var membershipEvents: [MembershipEvent] { state.withLock { $0.events } }

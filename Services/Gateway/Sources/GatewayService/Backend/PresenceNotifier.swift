@@ -24,13 +24,13 @@ struct PresenceNotifier: Service {
             for gateway in backend.presence.expire() {
                 backend.logger.info("gateway expired; its members leave the presence counts", metadata: ["chat.peer_gateway": "\(gateway)"])
             }
-            let registry = backend.broker.registry
+            let hub = backend.hub
             var current: [String: String] = [:]
-            for group in registry.memberCounts().keys {
+            for group in hub.memberCounts().keys {
                 let frame = backend.presenceFrame(group)
                 current[group] = frame
                 if lastSent[group] != frame {
-                    _ = registry.dispatch(ChannelMessage(body: ByteBuffer(string: frame), group: group), to: group)
+                    _ = hub.dispatch(ChannelMessage(body: ByteBuffer(string: frame), group: group), to: group)
                 }
             }
             lastSent = current

@@ -36,6 +36,8 @@ struct ChatSession {
     enum Action: Equatable {
         /// Write this frame to the socket.
         case write(ByteBuffer)
+        /// Write this WebSocket frame, encoded already (header included), to the socket.
+        case writeEncoded(ByteBuffer)
         /// Read the stored messages with `after < seq < before` and hand them to ``ChatSession/gapFilled(_:before:emit:)``.
         case fillGap(after: Int64, before: Int64)
         /// Handle this client frame now (it arrived while the socket was opening).
@@ -116,7 +118,7 @@ struct ChatSession {
                 if message.body == lastPresence { continue }
                 lastPresence = message.body
             }
-            emit(.write(message.body))
+            if let wire = message.wire { emit(.writeEncoded(wire)) } else { emit(.write(message.body)) }
         }
     }
 

@@ -32,6 +32,8 @@ final class ChatSocketHandler: ChannelInboundHandler {
     }
 
     private var context: ChannelHandlerContext?
+    /// NIO's frame encoder's place in the pipeline: pre-encoded frames are written from there.
+    private var rawWriter: ChannelHandlerContext?
     private var member: SocketMember?
     /// The order of what is written (held broadcasts, kept client frames, gaps).
     private var session: ChatSession
@@ -60,9 +62,11 @@ final class ChatSocketHandler: ChannelInboundHandler {
         self.context = context
         services.limiter.enter()
         GatewayMetrics.socketsOpen.increment()
-        let registry = services.backend.broker.registry
-        let member = SocketMember(memberID: registry.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
-        services.backend.sockets.add(member)
+        let hub = services.backend.hub
+        let member = SocketMember(memberID: hub.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+        hub.register(member)
+        // Broadcast frames come encoded (WebSocket header included) and are written below the frame encoder.
+        rawWriter = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
         self.member = member
         let opener = SessionOpener(services: services, endpoint: endpoint, headers: head?.headers ?? [:], uri: head?.uri ?? "", member: member)
         head = nil
@@ -81,6 +85,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         finish()
         self.context = nil
+        rawWriter = nil
     }
 
     /// Leaves the room once, whichever comes first: the channel closing or the handler leaving the pipeline.
@@ -91,7 +96,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         services.limiter.leave()
         GatewayMetrics.socketsOpen.decrement()
         guard let member else { return }
-        services.backend.sockets.remove(member)
+        services.backend.hub.unregister(member)
         if let room { leave(room, member) }
     }
 
@@ -178,7 +183,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         GatewayMetrics.leaves.increment()
         let backend = services.backend
         Task {
-            try? await backend.broker.groupDiscard(room.group, channel: member)
+            try? await backend.removeFromGroup(room.group, member)
             await backend.leave(group: room.group, email: room.presenceEmail)
         }
     }
@@ -187,6 +192,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
     private func perform(_ action: ChatSession.Action) {
         switch action {
         case .write(let frame): write(frame)
+        case .writeEncoded(let wire): writeEncoded(wire)
         case .fillGap(let after, let before): fillGap(after: after, before: before)
         case .clientFrame(let bytes): clientText(bytes)
         case .error(let text): sendError(text)
@@ -263,7 +269,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
 
     /// Hands a message to the persistence service without waiting for the broker; a message the broker does
     /// not take is reported to this socket with an error frame. With a `client_id`, persistence acks it to this
-    /// socket once it is stored (``SocketDirectory``).
+    /// socket once it is stored (through the ``Hub``).
     private func submit(text: String, sender: Email?, clientID: String?) {
         guard let group = room?.group, let member else { return }
         if draining {
@@ -273,7 +279,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         if clientID != nil { awaitingAcks += 1 }
         let message = InboundChatMessage(id: MessageID.timeOrdered(), group: group, sender: sender?.value, text: text,
                                          receivedAt: Timestamp.nowMillis(), clientID: clientID,
-                                         replyTo: clientID == nil ? nil : services.backend.broker.replyQueue,
+                                         replyTo: clientID == nil ? nil : services.backend.replyQueue,
                                          socket: clientID == nil ? nil : member.memberID)
         GatewayMetrics.messagesIn.increment()
         let handler = member.handler, logger = logger
@@ -298,7 +304,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
                 writer.field("reader_email", identity.email.value)
                 writer.field("up_to_seq", mark)
                 writer.endObject()
-                try await backend.broker.groupSend(room.group, message: ChannelMessage(body: ByteBuffer(string: writer.output)))
+                try await backend.sendToGroup(room.group, frame: ByteBuffer(string: writer.output))
             } catch {
                 handler.eventLoop.execute { handler.value.sendError("read receipt not recorded, try again") }
             }
@@ -311,11 +317,22 @@ final class ChatSocketHandler: ChannelInboundHandler {
         context?.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
     }
 
-    /// Writes persistence's ack of one of this socket's messages (``SocketDirectory``).
-    func writeAck(_ frame: ByteBuffer) {
+    /// Writes a frame encoded once for the whole room (``WebSocketWire``): the same bytes for every socket,
+    /// handed to the handler below NIO's frame encoder, so in order with what goes through it.
+    private func writeEncoded(_ wire: ByteBuffer) {
+        guard let rawWriter else { return }
+        rawWriter.write(NIOAny(wire), promise: nil)
+    }
+
+    /// Writes persistence's acks of this socket's messages (from the ``Hub``), with one flush.
+    func acknowledge(_ acks: [MessageAck]) {
         guard let context, !closeSent, !finished else { return }
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
-        ackArrived()
+        for ack in acks {
+            let frame = ByteBuffer(string: ClientFrame.ack(clientID: ack.clientID, id: ack.id, seq: ack.seq))
+            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame)), promise: nil)
+            ackArrived()
+        }
+        context.flush()
     }
 
     /// One awaited ack came (or never will); a draining socket closes when none is left.

@@ -105,7 +105,7 @@ struct SessionOpener: Sendable {
             return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
         }
         do {
-            try await backend.broker.groupAdd(group, channel: member)
+            try await backend.addToGroup(group, member)
         } catch {
             services.logger.warning("could not join the room's group", metadata: ["error": "\(error)"])
             await backend.leave(group: group, email: presenceEmail)

@@ -17,7 +17,7 @@ struct SocketServices: Sendable {
 }
 
 /// A socket as a member of its room's group: deliveries hop to the socket's event loop (one hop per loop per
-/// broadcast, see ``GroupRegistry/dispatch(_:to:)-([ChannelMessage],_)``) and are written there.
+/// broadcast, see ``Hub/dispatch(_:to:)-([ChannelMessage],_)``) and are written there.
 final class SocketMember: GroupMember {
     let memberID: Int
     let handler: NIOLoopBound<ChatSocketHandler>
@@ -29,4 +29,5 @@ final class SocketMember: GroupMember {
 
     var deliveryLoop: (any EventLoop)? { handler.eventLoop }
     func deliver(_ messages: [ChannelMessage]) { handler.value.deliver(messages) }
+    func acknowledge(_ acks: [MessageAck]) { handler.value.acknowledge(acks) }
 }
