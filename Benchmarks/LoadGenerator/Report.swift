@@ -41,6 +41,10 @@ struct Report: Codable, Sendable {
     /// RSS of the first server PID when the load started (after connecting and settling).
     var firstServerRSSAtStartKiB = 0
     var serverRSSPerConnectionKiB: Double?
+    /// RSS of the first server PID at the end of the run, every connection still open (idle mode: each has
+    /// received its probe's echo by then).
+    var firstServerRSSAtEndKiB = 0
+    var serverRSSPerConnectionAfterMessageKiB: Double?
 
     var clean: Bool { lost == 0 && duplicated == 0 && misrouted == 0 && orderViolations == 0 && connectionsFailed == 0 }
 
@@ -51,6 +55,7 @@ struct Report: Codable, Sendable {
         if let answering = idleConnectionsAnswering {
             row("connections answering", "\(answering)")
             row("server RSS per connection", String(format: "%.1f KiB", serverRSSPerConnectionKiB ?? 0))
+            row("... after each received a message", String(format: "%.1f KiB", serverRSSPerConnectionAfterMessageKiB ?? 0))
         }
         row("messages sent", "\(messagesSent) (\(String(format: "%.0f", offeredMessagesPerSecond))/s offered)")
         row("deliveries expected / received", "\(deliveriesExpected) / \(deliveriesReceived)")

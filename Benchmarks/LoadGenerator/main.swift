@@ -77,6 +77,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     let cpuAfter = cpuAfterByPID.reduce(0, +)
     let selfAfter = ProcessStats.cpuSeconds(getpid())
     let (peakKiB, peakPSSKiB) = sampler.stop()
+    let rssAtEnd = o.pids.first.map(ProcessStats.rssKiB) ?? 0
     stop.open()
     await allDone.value
 
@@ -87,6 +88,7 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
     report.connectionsFailed = runners.count - report.connectionsOpened
     report.connectionsReceiving = all.filter { $0.received > 0 }.count
     report.firstServerRSSAtStartKiB = rssAtStart
+    report.firstServerRSSAtEndKiB = rssAtEnd
     report.messagesSent = all.reduce(0) { $0 + $1.sent }
     // Every room has `membersPerRoom` members, and each message is expected by all of them (its sender too).
     report.deliveriesExpected = report.messagesSent * setup.membersPerRoom
@@ -123,7 +125,8 @@ func runLoad(_ o: Options, rate: Double?) async throws -> Report {
 /// Idle mode: open N connections (paced at `--connect-rate`), each alone in its own room, hold them, then
 /// check that each still answers: every socket sends a probe (the first ones staggered at `--probe-rate`,
 /// again after 30 s without an echo) until its own echo comes back. Reports the first server PID's RSS growth
-/// per connection, read once every socket has connected and settled, just before the probes.
+/// per connection, read once every socket has connected and settled, just before the probes, and again at the end
+/// (every socket open, each having received its echo).
 func runIdle(_ o: Options, count: Int) async throws -> Report {
     var idle = o
     idle.rooms = count
@@ -146,6 +149,7 @@ func runIdle(_ o: Options, count: Int) async throws -> Report {
     report.idleConnectionsAnswering = report.connectionsReceiving
     if report.connectionsOpened > 0, o.pids.first != nil {
         report.serverRSSPerConnectionKiB = Double(report.firstServerRSSAtStartKiB - before) / Double(report.connectionsOpened)
+        report.serverRSSPerConnectionAfterMessageKiB = Double(report.firstServerRSSAtEndKiB - before) / Double(report.connectionsOpened)
     }
     return report
 }

@@ -35,6 +35,33 @@ import Testing
         #expect(requester.pendingCount == 0)
     }
 
+    /// The expiration is the timeout in milliseconds: a 100–999 ms timeout was once "0" (whole seconds × 1000).
+    @Test func theExpirationIsTheTimeoutInMilliseconds() {
+        #expect(AMQPRequester.expiration(.milliseconds(100)) == "100")
+        #expect(AMQPRequester.expiration(.milliseconds(999)) == "999")
+        #expect(AMQPRequester.expiration(.seconds(5)) == "5000")
+        #expect(AMQPRequester.expiration(.microseconds(10)) == "1")
+    }
+
+    /// Many requests at once, none answered: each ends by its own timeout, and the sweeper stops after them.
+    @Test func concurrentUnansweredRequestsAllTimeOut() async throws {
+        let (requester, queue) = try await unanswered("requester-many")
+        let started = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            for _ in 0..<200 {
+                group.addTask {
+                    do {
+                        _ = try await requester.request(routingKey: queue, body: ByteBuffer(string: "ping"), timeout: .milliseconds(300))
+                        return false
+                    } catch AMQPError.timeout { return true }
+                }
+            }
+            for try await timedOut in group { #expect(timedOut) }
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(requester.pendingCount == 0)
+    }
+
     /// A requester and a queue its requests are routed to, which nobody consumes.
     private func unanswered(_ name: String) async throws -> (AMQPRequester, String) {
         let connection = await TestBroker.connect(name)
