@@ -115,12 +115,15 @@ package enum ConsultClientFrame: Equatable, Sendable {
     case message(text: String, sender: Email?, shop: Email, visitor: Email, clientID: String?)
     /// `{"type": "read", "up_to_seq": N}`
     case read(upToSeq: Int64)
+    /// `{"type": "refresh", "token": "<JWT>"}`
+    case refresh(token: String)
 
     /// Parses a client frame of a consultation socket; the error says what is wrong, for an `{"error"}` frame.
     package static func parse(_ bytes: some Collection<UInt8>) throws(ChatError) -> ConsultClientFrame {
         let object = try ClientFrame.parseObject(bytes)
         if let type = object["type"] {
             guard let type = type as? String, !(type as Any is NSNumber) else { throw .invalidFrame("'type' must be a string") }
+            if let token = try ClientFrame.refreshToken(in: object) { return .refresh(token: token) }
             guard type == "read" else { throw .invalidFrame("unknown frame type '\(type)'") }
             // JSONDecoder is strict where JSONSerialization is not: `true` and `1.5` are not integers.
             guard let frame = try? JSONDecoder().decode(ReadFrame.self, from: Data(bytes)), frame.up_to_seq >= 0 else {

@@ -1,6 +1,12 @@
 import Foundation
 import NIOCore
 
+/// A named room's client frame.
+package enum NamedClientFrame: Equatable, Sendable {
+    case message(text: String, clientID: String?)
+    case refresh(token: String)
+}
+
 /// What a browser sends on `/ws/chat/<room>/`: `{"message": "<text>", "client_id"?: "<1-64 characters>"}`.
 package enum ClientFrame {
     /// Parses a client frame's text; every way it can be wrong has its own error text.
@@ -12,6 +18,32 @@ package enum ClientFrame {
     package static func parseNamedMessage(_ bytes: some Collection<UInt8>) throws(ChatError) -> (text: String, clientID: String?) {
         let object = try parseObject(bytes)
         return (try chatMessage(in: object), try clientID(in: object))
+    }
+
+    /// Parses a named room's client frame: a chat message, or a token refresh.
+    package static func parseNamed(_ bytes: some Collection<UInt8>) throws(ChatError) -> NamedClientFrame {
+        let object = try parseObject(bytes)
+        if let token = try refreshToken(in: object) { return .refresh(token: token) }
+        return .message(text: try chatMessage(in: object), clientID: try clientID(in: object))
+    }
+
+    /// The token of a `{"type": "refresh", "token": "<JWT>"}` frame; nil for a frame of another type.
+    package static func refreshToken(in object: [String: Any]) throws(ChatError) -> String? {
+        guard let type = object["type"] as? String, type == "refresh" else { return nil }
+        guard let token = object["token"] as? String, !token.isEmpty, token.utf8.count <= 8192 else {
+            throw .invalidFrame("'token' must be a non-empty string")
+        }
+        return token
+    }
+
+    /// `{"type":"refreshed","expires_at"}`: the socket's token was replaced; it now expires at this time (ms).
+    package static func refreshed(expiresAtMillis: Int64?) -> String {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("type", "refreshed")
+        writer.field("expires_at", expiresAtMillis)
+        writer.endObject()
+        return writer.output
     }
 
     /// The longest `client_id`, in characters.
@@ -81,6 +113,18 @@ package enum ClientFrame {
             throw .invalidFrame("'message' must not contain the control character U+\(MessageText.hex(scalar))")
         }
         return text
+    }
+
+    /// `{"error", "code", "retry_after_ms"?}`: a refusal a client acts on by its code (`rate_limited`,
+    /// `token_expired`, `too_many_connections`, `disconnected`).
+    package static func error(_ text: String, code: String, retryAfterMs: Int? = nil) -> String {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("error", text)
+        writer.field("code", code)
+        if let retryAfterMs { writer.field("retry_after_ms", Int64(retryAfterMs)) }
+        writer.endObject()
+        return writer.output
     }
 
     /// The `{"error": text}` frame a socket receives for a frame it got wrong.

@@ -11,6 +11,8 @@ package final class Membership: Sendable {
         var rooms: [String: Int] = [:]
         /// Consultation rooms: sockets per email.
         var online: [String: [String: Int]] = [:]
+        /// Sockets per signed-in user.
+        var users: [String: Int] = [:]
     }
     private let state = Mutex<[String: GatewayState]>([:])
     package let expiry: Duration
@@ -20,18 +22,19 @@ package final class Membership: Sendable {
     }
 
     /// A socket of `gateway` joined `room` (`email`: who, in a consultation room).
-    package func join(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
+    package func join(gateway: String, room: String, email: String? = nil, user: String? = nil, now: ContinuousClock.Instant = .now) {
         state.withLock { gateways in
             var entry = gateways[gateway] ?? GatewayState(lastSeen: now)
             entry.lastSeen = now
             entry.rooms[room, default: 0] += 1
             if let email { entry.online[room, default: [:]][email, default: 0] += 1 }
+            if let user { entry.users[user, default: 0] += 1 }
             gateways[gateway] = entry
         }
     }
 
     /// A socket of `gateway` left `room`.
-    package func leave(gateway: String, room: String, email: String? = nil, now: ContinuousClock.Instant = .now) {
+    package func leave(gateway: String, room: String, email: String? = nil, user: String? = nil, now: ContinuousClock.Instant = .now) {
         state.withLock { gateways in
             guard var entry = gateways[gateway] else { return }
             entry.lastSeen = now
@@ -40,15 +43,18 @@ package final class Membership: Sendable {
                 entry.online[room]![email] = count > 1 ? count - 1 : nil
                 if entry.online[room]!.isEmpty { entry.online[room] = nil }
             }
+            if let user, let count = entry.users[user] { entry.users[user] = count > 1 ? count - 1 : nil }
             gateways[gateway] = entry
         }
     }
 
     /// `gateway`'s whole membership now: it replaces what was known of it, and mends any lost join or leave.
-    package func heartbeat(gateway: String, rooms: [String: Int], online: [String: [String: Int]] = [:], now: ContinuousClock.Instant = .now) {
+    package func heartbeat(gateway: String, rooms: [String: Int], online: [String: [String: Int]] = [:], users: [String: Int] = [:],
+                           now: ContinuousClock.Instant = .now) {
         state.withLock {
             $0[gateway] = GatewayState(lastSeen: now, rooms: rooms.filter { $0.value > 0 },
-                                       online: online.mapValues { $0.filter { $0.value > 0 } }.filter { !$0.value.isEmpty })
+                                       online: online.mapValues { $0.filter { $0.value > 0 } }.filter { !$0.value.isEmpty },
+                                       users: users.filter { $0.value > 0 })
         }
     }
 
@@ -61,6 +67,13 @@ package final class Membership: Sendable {
     package func members(of room: String, excluding: String? = nil) -> Int {
         state.withLock { gateways in
             gateways.reduce(0) { $0 + ($1.key == excluding ? 0 : ($1.value.rooms[room] ?? 0)) }
+        }
+    }
+
+    /// A signed-in user's sockets on every gateway (but `excluding`).
+    package func sockets(ofUser user: String, excluding: String? = nil) -> Int {
+        state.withLock { gateways in
+            gateways.reduce(0) { $0 + ($1.key == excluding ? 0 : ($1.value.users[user] ?? 0)) }
         }
     }
 

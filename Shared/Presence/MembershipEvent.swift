@@ -9,6 +9,8 @@ package struct MembershipEvent: Codable, Sendable, Equatable {
         case join, leave, heartbeat
         /// The gateway stops (graceful shutdown): forget its members now.
         case stop
+        /// The server API asks every gateway to close `user`'s sockets, saying `reason`.
+        case disconnect
     }
     package var kind: Kind
     package var gateway: String
@@ -20,24 +22,35 @@ package struct MembershipEvent: Codable, Sendable, Equatable {
     package var rooms: [String: Int]?
     /// For heartbeats: consultation rooms' sockets per email.
     package var online: [String: [String: Int]]?
+    /// For join and leave: the signed-in user of the socket (the token's `sub`), for the sockets-per-user cap.
+    package var user: String?
+    /// For heartbeats: sockets per signed-in user on that gateway.
+    package var users: [String: Int]?
+    /// For disconnect: what the closed sockets are told.
+    package var reason: String?
 
     package init(kind: Kind, gateway: String, room: String? = nil, email: String? = nil, rooms: [String: Int]? = nil,
-                online: [String: [String: Int]]? = nil) {
+                online: [String: [String: Int]]? = nil, user: String? = nil, users: [String: Int]? = nil,
+                reason: String? = nil) {
         self.kind = kind
         self.gateway = gateway
         self.room = room
         self.email = email
         self.rooms = rooms
         self.online = online
+        self.user = user
+        self.users = users
+        self.reason = reason
     }
 
     /// Applies the event to a membership.
     package func apply(to membership: Membership) {
         switch kind {
-        case .join: if let room { membership.join(gateway: gateway, room: room, email: email) }
-        case .leave: if let room { membership.leave(gateway: gateway, room: room, email: email) }
-        case .heartbeat: membership.heartbeat(gateway: gateway, rooms: rooms ?? [:], online: online ?? [:])
+        case .join: if let room { membership.join(gateway: gateway, room: room, email: email, user: user) }
+        case .leave: if let room { membership.leave(gateway: gateway, room: room, email: email, user: user) }
+        case .heartbeat: membership.heartbeat(gateway: gateway, rooms: rooms ?? [:], online: online ?? [:], users: users ?? [:])
         case .stop: membership.forget(gateway: gateway)
+        case .disconnect: break  // for the gateways' sockets, not the membership
         }
     }
 }

@@ -46,6 +46,15 @@ package struct EnvironmentReader: Sendable {
         return value
     }
 
+    /// A secret that must have at least `minimumBytes` when it is set; nil when it is not.
+    package func secret(_ key: String, minimumBytes: Int) throws(ConfigurationError) -> String? {
+        guard let raw = values[key], !raw.isEmpty else { return nil }
+        guard raw.utf8.count >= minimumBytes else {
+            throw ConfigurationError.invalid(key, "(\(raw.utf8.count) bytes, not shown)", "at least \(minimumBytes) bytes")
+        }
+        return raw
+    }
+
     /// `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case); `fallback` when not set; anything else is refused.
     package func bool(_ key: String, default fallback: Bool) throws(ConfigurationError) -> Bool {
         guard let raw = values[key], !raw.isEmpty else { return fallback }

@@ -20,7 +20,9 @@ import websockets
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "swift-chat"
 SECRET = "container-test-secret-of-at-least-32-bytes"
-ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "compose" / "containers.conf"), CHAT_JWT_SECRET=SECRET)
+# The load in these tests (400 messages from one user, 24 sockets of one user) is over the production limits.
+ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "compose" / "containers.conf"), CHAT_JWT_SECRET=SECRET,
+           CHAT_RATE_PER_SECOND="0", CHAT_CONNECT_RATE_PER_SECOND="0", CHAT_MAX_SOCKETS_PER_USER="0")
 SCALE = {"gateway": 2, "persistence": 2, "rooms": 2}
 TIMINGS = {}
 
@@ -188,6 +190,43 @@ def test_smoke_through_nginx(stack):
     started = time.monotonic()
     smoke()
     TIMINGS["smoke"] = time.monotonic() - started
+
+
+def test_two_browser_pages_chat_in_a_named_room_at_the_printed_url(stack):
+    """The URL `./scripts/containers up` prints works in a browser as it is deployed: anonymous named rooms are on
+    by default (CHAT_ALLOW_ANONYMOUS=0 turns them off), through the containers' nginx."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def make():
+        options = webdriver.ChromeOptions()
+        options.binary_location = "/usr/bin/chromium"
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+            options.add_argument(arg)
+        return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+    room = f"deployed-{uuid.uuid4().hex[:8]}"
+    pages = [make(), make()]
+    try:
+        for page in pages:
+            page.get(f"{BASE}/chat/")
+            box = WebDriverWait(page, 15).until(EC.presence_of_element_located((By.ID, "room-name-input")))
+            box.send_keys(room, Keys.ENTER)
+            WebDriverWait(page, 15).until(lambda d: d.current_url.rstrip("/").endswith(room))
+        time.sleep(1)  # both sockets open
+        log = lambda d: d.find_element(By.ID, "chat-log").get_attribute("value")
+        pages[0].find_element(By.ID, "chat-message-input").send_keys("hello from a deployed page", Keys.ENTER)
+        WebDriverWait(pages[1], 15).until(lambda d: "hello from a deployed page" in log(d))
+        pages[1].find_element(By.ID, "chat-message-input").send_keys("and back", Keys.ENTER)
+        WebDriverWait(pages[0], 15).until(lambda d: "and back" in log(d))
+        assert log(pages[0]).splitlines() == ["hello from a deployed page", "and back"]
+    finally:
+        for page in pages:
+            page.quit()
 
 
 def test_services_log_json_lines_with_their_context(stack):

@@ -132,6 +132,7 @@ $servers  }
       proxy_set_header Upgrade \$http_upgrade;
       proxy_set_header Connection \$connection_upgrade;
       proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_read_timeout 3600s;
       proxy_next_upstream error timeout http_502;
     }

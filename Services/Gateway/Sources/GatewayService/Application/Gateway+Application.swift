@@ -26,14 +26,24 @@ package func buildApplication(_ configuration: GatewayConfiguration, logger: Log
     // sockets are counted from the hub of its groups).
     let hub = Hub()
     let presence = MembershipPresence(gatewayID: configuration.gatewayID, hub: hub, expiry: configuration.gatewayExpiry)
+    let userSockets = UserSockets()
     let layer = AMQPChannelLayer(connection: connection, processID: configuration.gatewayID, hub: hub, logger: logger,
-                                 onMembershipEvent: { event in presence.apply(event) })
+                                 onMembershipEvent: { event in
+                                     if event.kind == .disconnect, let user = event.user {
+                                         userSockets.disconnect(user, reason: event.reason ?? "disconnected by the server")
+                                     } else {
+                                         presence.apply(event)
+                                     }
+                                 })
     let broker = AMQPGatewayBroker(layer: layer, gatewayID: configuration.gatewayID, partitions: configuration.partitions)
-    let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, logger: logger)
+    let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, logger: logger, userSockets: userSockets)
     guard configuration.jwtSecret.utf8.count >= 32 else {
         throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
     }
     let authenticator = await Authenticator(secret: configuration.jwtSecret)
+    if configuration.serverAPIKey != nil {
+        logger.info("the server API (/api/server/*) is on")
+    }
     if configuration.devTokens {
         logger.warning("CHAT_DEV_TOKENS is on: POST /api/dev/token mints tokens for anyone (development only)")
     }
@@ -53,11 +63,17 @@ func makeServer(configuration: GatewayConfiguration, backend: GatewayBackend, au
     HealthRoutes.add(to: router, service: "gateway", connection: connection)
     addRoutes(to: router, configuration: configuration, backend: backend, authenticator: authenticator, origins: origins)
 
-    let sockets = SocketServices(backend: backend, authenticator: authenticator, limiter: limiter, logger: logger)
+    let rates = UserRateLimits(perSecond: configuration.ratePerSecond, burst: configuration.rateBurst)
+    let connects = ConnectRateLimits(perSecond: configuration.connectRatePerSecond)
+    logger.info("limits", metadata: ["chat.rate_per_second": "\(configuration.ratePerSecond)", "chat.rate_burst": "\(configuration.rateBurst)",
+                                     "chat.connect_rate_per_second": "\(configuration.connectRatePerSecond)",
+                                     "chat.max_sockets_per_user": "\(configuration.maxSocketsPerUser)"])
+    let sockets = SocketServices(backend: backend, authenticator: authenticator, limiter: limiter, rates: rates, logger: logger)
     return Application(
         router: router,
         server: HTTPServerBuilder { responder in
-            ChatServerChannel(responder: responder, sockets: sockets, policy: origins)
+            ChatServerChannel(responder: responder, sockets: sockets, policy: origins, connects: connects,
+                              proxies: configuration.trustedProxies)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "swift-chat"),
         eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)),

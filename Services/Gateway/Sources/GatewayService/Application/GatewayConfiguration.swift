@@ -61,6 +61,20 @@ package struct GatewayConfiguration: Sendable {
     /// `CHAT_GATEWAY_EXPIRY_SECONDS` (default 15): another gateway not heard from for this long has its members
     /// dropped from the presence counts (the room service uses the same variable).
     package var gatewayExpiry: Duration = .seconds(15)
+    /// `CHAT_RATE_PER_SECOND` (default 10) and `CHAT_RATE_BURST` (default 30): client frames a user may send
+    /// on this gateway, a token bucket shared by the user's sockets; 0 turns the limit off.
+    package var ratePerSecond: Int = 10
+    package var rateBurst: Int = 30
+    /// `CHAT_CONNECT_RATE_PER_SECOND` (default 50, burst twice that): WebSocket upgrades per client address;
+    /// past it 429 with `Retry-After`. 0 turns it off.
+    package var connectRatePerSecond: Int = 50
+    /// `CHAT_TRUSTED_PROXIES`: reverse proxies whose `X-Forwarded-For` names the client (default: none).
+    package var trustedProxies = TrustedProxies()
+    /// `CHAT_MAX_SOCKETS_PER_USER` (default 16; 0 turns it off): one user's sockets across every gateway.
+    package var maxSocketsPerUser: Int = 16
+    /// `CHAT_SERVER_API_KEY` (at least 32 bytes): enables `/api/server/*` for back ends, which send it as
+    /// `X-Chat-Api-Key`; without it those routes answer 404.
+    package var serverAPIKey: String?
 
     package init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
@@ -109,6 +123,12 @@ package struct GatewayConfiguration: Sendable {
             .with(\.gatewayExpiry, .seconds(try env.int("CHAT_GATEWAY_EXPIRY_SECONDS", default: 15, in: 1...3600)))
             .with(\.resumeLimit, try env.int("CHAT_RESUME_LIMIT", default: 500, in: 1...1000))
             .with(\.amqpLinger, try env.amqpLinger(default: Int(Self.defaultAMQPLinger / .microseconds(1))))
+            .with(\.ratePerSecond, try env.int("CHAT_RATE_PER_SECOND", default: 10, in: 0...1_000_000))
+            .with(\.rateBurst, try env.int("CHAT_RATE_BURST", default: 30, in: 1...1_000_000))
+            .with(\.connectRatePerSecond, try env.int("CHAT_CONNECT_RATE_PER_SECOND", default: 50, in: 0...1_000_000))
+            .with(\.trustedProxies, try TrustedProxies(parsing: env.string("CHAT_TRUSTED_PROXIES", default: "")))
+            .with(\.maxSocketsPerUser, try env.int("CHAT_MAX_SOCKETS_PER_USER", default: 16, in: 0...1_000_000))
+            .with(\.serverAPIKey, try env.secret("CHAT_SERVER_API_KEY", minimumBytes: 32))
     }
 
     func with<Value>(_ key: WritableKeyPath<Self, Value>, _ value: Value) -> Self {

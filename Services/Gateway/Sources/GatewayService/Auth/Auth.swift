@@ -8,6 +8,8 @@ import NIOHTTP1
 struct Identity: Sendable, Equatable {
     let email: Email
     let role: UserRole
+    /// The token's `exp`: a socket opened with it is closed (4401) then unless it refreshed its token.
+    var expiresAt: Date? = nil
 }
 
 /// The claims of our tokens: `sub` = email, `role` = `shop` or `visitor`, `exp`.
@@ -97,7 +99,7 @@ struct Authenticator: Sendable {
         }
         guard let role = UserRole(rawValue: claims.role) else { throw .invalid("role must be 'shop' or 'visitor'") }
         guard let email = try? Email(validating: claims.sub.value) else { throw .invalid("sub must be an email") }
-        return Identity(email: email, role: role)
+        return Identity(email: email, role: role, expiresAt: claims.exp.value)
     }
 
     func mint(email: Email, role: UserRole, lifetime: TimeInterval = 24 * 3600) async throws -> String {

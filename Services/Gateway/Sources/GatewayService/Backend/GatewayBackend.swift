@@ -24,7 +24,12 @@ final class GatewayBackend: Service {
     /// Who is in which room, here and on the other gateways.
     let presence: any PresenceManager
 
-    init(configuration: GatewayConfiguration, broker: any GatewayBroker, presence: any PresenceManager, logger: Logger) {
+    /// Signed-in sockets by user (the server API's disconnect).
+    let userSockets: UserSockets
+
+    init(configuration: GatewayConfiguration, broker: any GatewayBroker, presence: any PresenceManager, logger: Logger,
+         userSockets: UserSockets = UserSockets()) {
+        self.userSockets = userSockets
         self.configuration = configuration
         self.broker = broker
         self.presence = presence
@@ -83,18 +88,53 @@ final class GatewayBackend: Service {
 
     /// Asks the room service for the room (created on first use) and, once it is there, tells every instance
     /// that a socket joined (`email`: who, in a consultation room).
-    func join(group: ChatGroup, email: String?) async throws -> RoomReply {
+    /// (`user`: the signed-in user, counted by ``reserveSocket(ofUser:)`` already; other gateways count it from the event.)
+    func join(group: ChatGroup, email: String?, user: String? = nil) async throws -> RoomReply {
         let reply = try await roomRequest(.join(group: group))
         if case .joined = reply {
             presence.joined(group.key, email: email)
-            publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group.key, email: email))
+            publishMembership(MembershipEvent(kind: .join, gateway: configuration.gatewayID, room: group.key, email: email, user: user))
         }
         return reply
     }
 
-    func leave(group: String, email: String?) async {
+    func leave(group: String, email: String?, user: String? = nil) async {
         presence.left(group, email: email)
-        publishMembership(MembershipEvent(kind: .leave, gateway: configuration.gatewayID, room: group, email: email))
+        if let user { presence.releaseSocket(ofUser: user) }
+        publishMembership(MembershipEvent(kind: .leave, gateway: configuration.gatewayID, room: group, email: email, user: user))
+    }
+
+    /// Counts a signed-in user's socket here unless the user has `CHAT_MAX_SOCKETS_PER_USER` on every gateway.
+    func reserveSocket(ofUser user: String) -> Bool {
+        presence.reserveSocket(ofUser: user, limit: configuration.maxSocketsPerUser)
+    }
+
+    func releaseSocket(ofUser user: String) { presence.releaseSocket(ofUser: user) }
+
+    /// A room's sockets on every gateway and who is online in it.
+    func presenceSnapshot(_ group: String) -> (count: Int, online: [String]) { presence.snapshot(of: group) }
+
+    /// Asks every gateway (this one too, through the fanout) to close the user's sockets.
+    func disconnectEverywhere(user: String, reason: String) {
+        publishMembership(MembershipEvent(kind: .disconnect, gateway: configuration.gatewayID, user: user, reason: reason))
+    }
+
+    /// Server API keys are stored as client ids behind a control character, which a client's `client_id` may
+    /// not contain: a browser cannot take a key a back end will use.
+    static let serverClientIDPrefix = "\u{1F}server:"
+
+    /// Stores and broadcasts a message as a socket's would be, and waits for persistence's ack: with the same
+    /// idempotency key again, the room stores nothing new and the original id and seq come back.
+    func publishAsServer(group: String, sender: String?, text: String, idempotencyKey: String?) async throws -> MessageAck {
+        let waiter = AckWaiter(memberID: hub.allocateID())
+        hub.register(waiter)
+        defer { hub.unregister(waiter) }
+        let message = InboundChatMessage(id: MessageID.timeOrdered(), group: group, sender: sender, text: text,
+                                         receivedAt: Timestamp.nowMillis(),
+                                         clientID: Self.serverClientIDPrefix + (idempotencyKey ?? MessageID.timeOrdered()),
+                                         replyTo: replyQueue, socket: waiter.memberID)
+        submit(message).onFailure { error in waiter.finish(.failure(error)) }
+        return try await waiter.wait(timeout: configuration.requestTimeout)
     }
 
     /// Stored frames of a room, oldest first, with the seq of the first.

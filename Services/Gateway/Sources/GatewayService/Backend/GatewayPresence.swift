@@ -18,6 +18,13 @@ protocol PresenceManager: Sendable {
     func frame(for group: String) -> String
     /// Forgets the gateways not heard from within the expiry; returns them.
     func expire() -> [String]
+    /// Counts a socket of a signed-in user here, unless the user has `limit` sockets on every gateway already
+    /// (0: no limit); false when refused.
+    func reserveSocket(ofUser user: String, limit: Int) -> Bool
+    /// A counted socket of the user closed (or did not open).
+    func releaseSocket(ofUser user: String)
+    /// Sockets in a room on every gateway, and the emails online in it (consultation rooms).
+    func snapshot(of group: String) -> (count: Int, online: [String])
 }
 
 /// Presence from the membership fanout: the others' members in a ``Membership``, this gateway's own named
@@ -29,6 +36,8 @@ final class MembershipPresence: PresenceManager {
     let others: Membership
     /// This gateway's consultation sockets per room and email.
     private let localOnline = Mutex<[String: [String: Int]]>([:])
+    /// This gateway's sockets per signed-in user.
+    private let localUsers = Mutex<[String: Int]>([:])
 
     init(gatewayID: String, hub: Hub, expiry: Duration) {
         self.gatewayID = gatewayID
@@ -57,7 +66,8 @@ final class MembershipPresence: PresenceManager {
     }
 
     func heartbeat(gateway: String) -> MembershipEvent {
-        MembershipEvent(kind: .heartbeat, gateway: gateway, rooms: hub.memberCounts(), online: localOnline.withLock { $0 })
+        MembershipEvent(kind: .heartbeat, gateway: gateway, rooms: hub.memberCounts(), online: localOnline.withLock { $0 },
+                        users: localUsers.withLock { $0 })
     }
 
     func frame(for group: String) -> String {
@@ -71,4 +81,28 @@ final class MembershipPresence: PresenceManager {
     }
 
     func expire() -> [String] { others.expire() }
+
+    func reserveSocket(ofUser user: String, limit: Int) -> Bool {
+        let elsewhere = limit > 0 ? others.sockets(ofUser: user, excluding: gatewayID) : 0
+        return localUsers.withLock { users in
+            let here = users[user] ?? 0
+            if limit > 0 && here + elsewhere >= limit { return false }
+            users[user] = here + 1
+            return true
+        }
+    }
+
+    func snapshot(of group: String) -> (count: Int, online: [String]) {
+        let count = hub.memberCount(group) + others.members(of: group, excluding: gatewayID)
+        var online = Set(others.online(in: group, excluding: gatewayID).keys)
+        online.formUnion(localOnline.withLock { $0[group]?.keys.map { $0 } ?? [] })
+        return (count, Array(online))
+    }
+
+    func releaseSocket(ofUser user: String) {
+        localUsers.withLock { users in
+            guard let count = users[user] else { return }
+            users[user] = count > 1 ? count - 1 : nil
+        }
+    }
 }

@@ -14,6 +14,7 @@ struct API: Sendable {
     static let defaultPageSize = 50
 
     func add<Context: RequestContext>(to router: Router<Context>) {
+        addServerRoutes(to: router)
         router.post("/api/dev/token") { request, context in try await failures { try await devToken(request, context) } }
         router.post("/api/rooms") { request, context in try await failures { try await createRoom(request, context) } }
         router.get("/api/rooms") { request, _ in try await failures { try await listRooms(request) } }
@@ -26,7 +27,7 @@ struct API: Sendable {
     }
 
     /// Turns what is not an ``APIError`` into one: a bad token is 401, a service that did not answer 503.
-    private func failures<Result>(_ body: () async throws -> Result) async throws -> Result {
+    func failures<Result>(_ body: () async throws -> Result) async throws -> Result {
         do {
             return try await body()
         } catch let error as APIError {
@@ -40,7 +41,7 @@ struct API: Sendable {
     }
 
     /// A JSON object body within the size limit, decoded: malformed JSON is 400, a missing or mistyped field 422.
-    private func body<Body: Decodable>(_ type: Body.Type, _ request: Request, _ context: some RequestContext) async throws -> Body {
+    func body<Body: Decodable>(_ type: Body.Type, _ request: Request, _ context: some RequestContext) async throws -> Body {
         var request = request
         let buffer: ByteBuffer
         do {
@@ -61,7 +62,7 @@ struct API: Sendable {
         }
     }
 
-    private func email(_ raw: String, _ key: String) throws -> Email {
+    func email(_ raw: String, _ key: String) throws -> Email {
         do throws(ChatError) {
             return try Email(validating: raw)
         } catch {
@@ -117,7 +118,7 @@ struct API: Sendable {
     }
 
     /// `limit` (default 50, at most 200) and `before` of a page request.
-    private func page(_ request: Request) throws -> (limit: Int, before: Int64?) {
+    func page(_ request: Request) throws -> (limit: Int, before: Int64?) {
         let query = request.uri.queryParameters
         var limit = Self.defaultPageSize
         if let raw = query.get("limit") {
@@ -133,7 +134,7 @@ struct API: Sendable {
     }
 
     /// A page of a stored room's messages, read back from the frames persistence encoded for the sockets.
-    private func messagePage(group: String, limit: Int, before: Int64?) async throws -> (messages: [MessageBody], nextBefore: Int64?) {
+    func messagePage(group: String, limit: Int, before: Int64?) async throws -> (messages: [MessageBody], nextBefore: Int64?) {
         let page = try await backend.history(group: group, limit: limit, beforeSeq: before)
         let decoder = JSONDecoder()
         let messages = try page.frames.map { try decoder.decode(MessageBody.self, from: Data(buffer: $0)) }
@@ -147,6 +148,11 @@ struct API: Sendable {
         } catch {
             if error != .missing || !configuration.allowAnonymous { throw APIError(.unauthorized, error.description) }
         }
+        return try await namedHistory(request, room: rawRoom)
+    }
+
+    /// A page of a named room's history (the caller checked who may read it).
+    func namedHistory(_ request: Request, room rawRoom: String) async throws -> NamedMessagePageBody {
         let room: RoomName
         do throws(ChatError) {
             room = try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom)

@@ -29,6 +29,8 @@ struct ChatServerChannel: ServerChildChannel, HTTPChannelHandler {
     let responder: HTTPChannelHandler.Responder
     let sockets: SocketServices
     let policy: OriginPolicy
+    let connects: ConnectRateLimits?
+    let proxies: TrustedProxies
 
     /// Each connection keeps its last receive buffer for the next read: NIO's first size (2,048 bytes) was a
     /// fifth of an idle socket's memory, while chat frames are small; a larger read still grows it.
@@ -70,7 +72,8 @@ struct ChatServerChannel: ServerChildChannel, HTTPChannelHandler {
             configuration.enableResponseHeaderValidation = false
             let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
             let decoder = try channel.pipeline.syncOperations.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            try channel.pipeline.syncOperations.addHandler(OriginGuardHandler(policy: policy, limiter: sockets.limiter),
+            try channel.pipeline.syncOperations.addHandler(OriginGuardHandler(policy: policy, limiter: sockets.limiter,
+                                                                              connects: connects, proxies: proxies),
                                                            position: .after(decoder.handler))
             return Value(upgradeResult: result, channel: channel)
         }

@@ -14,7 +14,8 @@ import Glibc
 /// Answers a WebSocket upgrade from a foreign `Origin` with 403, as Django's AllowedHostsOriginValidator
 /// does. hummingbird-websocket answers every refused upgrade with an empty 400, so this handler sits right
 /// after the HTTP decoder and refuses the request before the upgrader sees it. Requests without an upgrade
-/// pass through untouched. (The WebSocket routes check the Origin again.)
+/// pass through untouched. (The WebSocket routes check the Origin again.) It also refuses upgrades past the
+/// socket cap (503) and past the client address's connection rate (429 with `Retry-After`).
 final class OriginGuardHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -22,20 +23,26 @@ final class OriginGuardHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     let policy: OriginPolicy
     let limiter: ConnectionLimiter
+    let connects: ConnectRateLimits?
+    let proxies: TrustedProxies
     private var refusing = false
 
-    init(policy: OriginPolicy, limiter: ConnectionLimiter) {
+    init(policy: OriginPolicy, limiter: ConnectionLimiter, connects: ConnectRateLimits? = nil, proxies: TrustedProxies = .init()) {
         self.policy = policy
         self.limiter = limiter
+        self.connects = connects
+        self.proxies = proxies
     }
 
-    private func refuse(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ message: String) {
+    private func refuse(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ message: String,
+                        retryAfterSeconds: Int? = nil) {
         refusing = true
         let body = ByteBuffer(string: "{\"error\":\"\(message)\",\"status\":\(status.code)}")
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")
         headers.add(name: "content-length", value: "\(body.readableBytes)")
         headers.add(name: "connection", value: "close")
+        if let retryAfterSeconds { headers.add(name: "retry-after", value: "\(retryAfterSeconds)") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let channel = context.channel
@@ -50,6 +57,14 @@ final class OriginGuardHandler: ChannelInboundHandler, RemovableChannelHandler {
             if isUpgrade && !policy.allows(head.headers["origin"].first) {
                 refuse(context, head, .forbidden, "origin not allowed")
                 return
+            }
+            if isUpgrade, let connects {
+                let address = proxies.clientAddress(peer: context.channel.remoteAddress?.ipAddress, forwardedFor: head.headers["x-forwarded-for"])
+                if case .refused(let wait) = connects.take(address) {
+                    refuse(context, head, .tooManyRequests, "too many new connections from your address, try again later",
+                           retryAfterSeconds: max(1, (wait + 999) / 1000))
+                    return
+                }
             }
             if isUpgrade && limiter.isFull {
                 refuse(context, head, .serviceUnavailable, "too many connections, try again later")

@@ -48,6 +48,11 @@ final class ChatSocketHandler: ChannelInboundHandler {
     /// The server is shutting down: the socket closes (1001) once its acks are in, or after ``drainLimit``.
     private var draining = false
     static let drainLimit = TimeAmount.seconds(3)
+    /// The key this socket takes from ``UserRateLimits`` with, once open: its user, or itself when anonymous.
+    private var rateUser: String?
+    private var refusals = RefusalWindow()
+    /// When the socket's token expires (4401), unless it is refreshed first.
+    private var expiry: Scheduled<Void>?
 
     init(services: SocketServices, endpoint: SocketEndpoint, head: HTTPRequestHead) {
         self.services = services
@@ -94,6 +99,10 @@ final class ChatSocketHandler: ChannelInboundHandler {
         finished = true
         session.close()
         services.limiter.leave()
+        expiry?.cancel()
+        expiry = nil
+        if let rateUser { services.rates?.detach(rateUser) }
+        if let user = room?.user, let member { services.backend.userSockets.remove(user, member) }
         GatewayMetrics.socketsOpen.decrement()
         guard let member else { return }
         services.backend.hub.unregister(member)
@@ -160,9 +169,9 @@ final class ChatSocketHandler: ChannelInboundHandler {
     /// The outcome of ``SessionOpener/open()``, back on the loop.
     func opened(_ outcome: SessionOpener.Outcome) {
         switch outcome {
-        case .refused(let text, let code):
+        case .refused(let text, let code, let errorCode):
             guard session.phase == .opening else { return }
-            sendError(text)
+            if let errorCode { sendFrame(ClientFrame.error(text, code: errorCode)) } else { sendError(text) }
             close(code, reason: String(text.prefix(100)))
         case .opened(let opened, let history):
             guard session.phase == .opening, context != nil else {
@@ -171,6 +180,13 @@ final class ChatSocketHandler: ChannelInboundHandler {
                 return
             }
             room = opened
+            if let rates = services.rates, let member {
+                let user = opened.identity.map { "user:" + $0.email.value } ?? "socket:\(member.memberID)"
+                rates.attach(user)
+                rateUser = user
+            }
+            scheduleExpiry(opened.identity?.expiresAt)
+            if let user = opened.user, let member { services.backend.userSockets.add(user, member) }
             // Who is here, at once; later changes come from the ``PresenceNotifier`` at most once a second.
             let presence = ByteBuffer(string: services.backend.presenceFrame(opened.group))
             session.opened(history, presence: presence, emit: perform)
@@ -184,7 +200,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         let backend = services.backend
         Task {
             try? await backend.removeFromGroup(room.group, member)
-            await backend.leave(group: room.group, email: room.presenceEmail)
+            await backend.leave(group: room.group, email: room.presenceEmail, user: room.user)
         }
     }
 
@@ -236,11 +252,19 @@ final class ChatSocketHandler: ChannelInboundHandler {
             return
         }
         guard let room else { return }
+        if let rates = services.rates, let rateUser, case .refused(let wait) = rates.take(rateUser) {
+            refused(retryAfterMs: wait)
+            return
+        }
         switch room.kind {
         case .named:
             do throws(ChatError) {
-                let (text, clientID) = try ClientFrame.parseNamedMessage(bytes.readableBytesView)
-                submit(text: text, sender: room.identity?.email, clientID: clientID)
+                switch try ClientFrame.parseNamed(bytes.readableBytesView) {
+                case .message(let text, let clientID):
+                    submit(text: text, sender: room.identity?.email, clientID: clientID)
+                case .refresh(let token):
+                    refresh(token)
+                }
             } catch {
                 sendError(error.description)
             }
@@ -260,12 +284,79 @@ final class ChatSocketHandler: ChannelInboundHandler {
                     submit(text: text, sender: identity.email, clientID: clientID)
                 case .read(let upToSeq):
                     markRead(room: consultRoom, upTo: upToSeq)
+                case .refresh(let token):
+                    refresh(token)
                 }
             } catch {
                 sendError(error.description)
             }
         }
     }
+
+    /// A client frame over the user's rate: not handled; a socket that goes on sending is closed (4429).
+    private func refused(retryAfterMs: Int) {
+        GatewayMetrics.rateLimited.increment()
+        sendFrame(ClientFrame.error("rate limit exceeded", code: "rate_limited", retryAfterMs: retryAfterMs))
+        if refusals.refused(now: LimitClock.now()) {
+            logger.info("socket went on sending past its rate limit; closing it")
+            close(CloseCode.tooMany, reason: "rate limit exceeded")
+        }
+    }
+
+    /// The server API disconnected this socket's user (on any gateway).
+    func disconnectedByServer(_ reason: String) {
+        sendFrame(ClientFrame.error(reason, code: "disconnected"))
+        close(CloseCode.forbidden, reason: "disconnected")
+    }
+
+    // MARK: Token expiry
+
+    /// Closes the socket (4401) when its token expires; a refresh moves the time.
+    private func scheduleExpiry(_ date: Date?) {
+        expiry?.cancel()
+        expiry = nil
+        guard let date, let context else { return }
+        let delay = TimeAmount.milliseconds(Int64(max(0, date.timeIntervalSinceNow) * 1000))
+        expiry = context.eventLoop.scheduleTask(in: delay) { [weak self] in self?.expired() }
+    }
+
+    private func expired() {
+        expiry = nil
+        sendFrame(ClientFrame.error("token expired", code: "token_expired"))
+        close(CloseCode.unauthenticated, reason: "token expired")
+    }
+
+    /// `{"type":"refresh","token"}`: a valid token for the same user moves the socket's expiry; another user's
+    /// or a bad token closes the socket (4401).
+    private func refresh(_ token: String) {
+        guard let identity = room?.identity, let member else {
+            sendError("this socket has no token to refresh (it is anonymous)")
+            return
+        }
+        let authenticator = services.authenticator, handler = member.handler
+        Task {
+            let result: Result<Identity, AuthError>
+            do throws(AuthError) { result = .success(try await authenticator.verify(token)) } catch { result = .failure(error) }
+            handler.eventLoop.execute { handler.value.refreshed(result, for: identity) }
+        }
+    }
+
+    private func refreshed(_ result: Result<Identity, AuthError>, for current: Identity) {
+        guard !finished, !closeSent else { return }
+        switch result {
+        case .success(let new) where new.email == current.email:
+            scheduleExpiry(new.expiresAt)
+            sendFrame(ClientFrame.refreshed(expiresAtMillis: new.expiresAt.map { Int64($0.timeIntervalSince1970 * 1000) }))
+        case .success:
+            sendFrame(ClientFrame.error("token refresh refused: the token is for another user", code: "token_invalid"))
+            close(CloseCode.unauthenticated, reason: "token refresh refused")
+        case .failure(let error):
+            sendFrame(ClientFrame.error("token refresh refused: \(error.description)", code: "token_invalid"))
+            close(CloseCode.unauthenticated, reason: "token refresh refused")
+        }
+    }
+
+    // MARK: Sending
 
     /// Hands a message to the persistence service without waiting for the broker; a message the broker does
     /// not take is reported to this socket with an error frame. With a `client_id`, persistence acks it to this
@@ -342,10 +433,14 @@ final class ChatSocketHandler: ChannelInboundHandler {
     }
 
     func sendError(_ text: String) {
+        sendFrame(ClientFrame.error(text))
+    }
+
+    /// Writes and flushes an error frame built already (with its `code`).
+    private func sendFrame(_ json: String) {
         guard let context, !closeSent else { return }
         GatewayMetrics.errorFrames.increment()
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: ClientFrame.error(text)))),
-                              promise: nil)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: json))), promise: nil)
     }
 
     /// Sends a close frame and closes the connection once it is written.

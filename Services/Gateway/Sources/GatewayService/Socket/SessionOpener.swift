@@ -17,6 +17,9 @@ struct OpenedSession: Sendable {
     let group: String
     let identity: Identity?
 
+    /// The signed-in user this socket is counted for (``GatewayBackend/reserveSocket(ofUser:)``).
+    var user: String? { identity?.email.value }
+
     /// Who this socket is in the room's presence: the participant's email in a consultation room; named
     /// rooms count sockets only.
     var presenceEmail: String? {
@@ -28,7 +31,8 @@ struct OpenedSession: Sendable {
 /// group (broker binding), and the room's history (persistence service).
 struct SessionOpener: Sendable {
     enum Outcome: Sendable {
-        case refused(String, WebSocketErrorCode)
+        /// An `{"error"}` frame (with `code` when it has one), then the close code.
+        case refused(String, WebSocketErrorCode, errorCode: String? = nil)
         case opened(OpenedSession, history: OpeningHistory)
     }
 
@@ -94,13 +98,23 @@ struct SessionOpener: Sendable {
         let backend = services.backend
         let presenceEmail: String? = if case .consult = kind { identity?.email.value } else { nil }
         let group = room.key
+        // A signed-in user's sockets are counted on every gateway (`CHAT_MAX_SOCKETS_PER_USER`).
+        let user = identity?.email.value
+        if let user, !backend.reserveSocket(ofUser: user) {
+            return .refused("too many connections", CloseCode.tooMany, errorCode: "too_many_connections")
+        }
         do {
-            switch try await backend.join(group: room, email: presenceEmail) {
+            switch try await backend.join(group: room, email: presenceEmail, user: user) {
             case .joined: break
-            case .refused(let reason): return .refused(reason, CloseCode.invalidRoom)
-            default: return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
+            case .refused(let reason):
+                if let user { backend.releaseSocket(ofUser: user) }
+                return .refused(reason, CloseCode.invalidRoom)
+            default:
+                if let user { backend.releaseSocket(ofUser: user) }
+                return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
             }
         } catch {
+            if let user { backend.releaseSocket(ofUser: user) }
             services.logger.warning("room service did not answer", metadata: ["error": "\(error)"])
             return .refused("room service unavailable, try again later", CloseCode.tryAgainLater)
         }
@@ -108,7 +122,7 @@ struct SessionOpener: Sendable {
             try await backend.addToGroup(group, member)
         } catch {
             services.logger.warning("could not join the room's group", metadata: ["error": "\(error)"])
-            await backend.leave(group: group, email: presenceEmail)
+            await backend.leave(group: group, email: presenceEmail, user: user)
             return .refused("broker unavailable, try again later", CloseCode.tryAgainLater)
         }
         GatewayMetrics.joins.increment()

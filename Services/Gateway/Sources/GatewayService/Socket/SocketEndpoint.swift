@@ -19,6 +19,8 @@ enum CloseCode {
     static let notFound = WebSocketErrorCode.unknown(4404)
     /// The socket fell `CHAT_MAILBOX_CAPACITY` messages behind.
     static let slowConsumer = WebSocketErrorCode.unknown(4008)
+    /// The socket went on sending past its rate limit, or its user has too many sockets.
+    static let tooMany = WebSocketErrorCode.unknown(4429)
     /// A service it needs (rooms, broker) did not answer: try again later.
     static let tryAgainLater = WebSocketErrorCode.unknown(1013)
 }

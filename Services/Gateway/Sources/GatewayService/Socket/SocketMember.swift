@@ -12,6 +12,8 @@ struct SocketServices: Sendable {
     let backend: GatewayBackend
     let authenticator: Authenticator
     let limiter: ConnectionLimiter
+    /// Client frames per user (nil: no limit).
+    let rates: UserRateLimits?
     let logger: Logger
     var configuration: GatewayConfiguration { backend.configuration }
 }
