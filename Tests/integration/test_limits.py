@@ -248,3 +248,85 @@ def test_a_users_sockets_are_capped_across_gateways_behind_nginx():
         assert last.get("type") == "ack", last
     finally:
         s.stop()
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_socket_that_never_reads_is_closed_4008_and_the_room_keeps_its_p99():
+    """A client that stops reading: its TCP window fills, the gateway stops writing to it, and after
+    CHAT_MAILBOX_CAPACITY messages held for it the socket is closed with 4008. Meanwhile the gateway's memory
+    stays bounded and the other members' delivery p99 is what it was without the slow one."""
+    import base64
+    import os
+    import socket
+    import struct
+
+    s = Stack("slow", env={"CHAT_MAILBOX_CAPACITY": "256"}).start()
+    gateway_pid = s.procs["gateway0"].pid
+    room = unique_room("slow")
+    text = "x" * 2000
+
+    def raw_socket_that_never_reads():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.gateways[0]))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET /ws/chat/{room}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert b" 101 " in sock.recv(1024).split(b"\r\n")[0]
+        return sock
+
+    async def phase(count, rate, slow):
+        """Sends `count` messages at `rate`/s; returns the readers' latencies (ms) and the gateway's peak RSS."""
+        async with websockets.connect(s.ws_url(room), additional_headers={"Origin": "http://127.0.0.1"}, max_size=None) as sender, \
+                websockets.connect(s.ws_url(room), additional_headers={"Origin": "http://127.0.0.1"}, max_size=None) as reader:
+            await drain(sender, 0.3)
+            await drain(reader, 0.3)
+            latencies, peak = [], rss_kib(gateway_pid)
+
+            async def read():
+                while len(latencies) < count:
+                    frame = json.loads(await asyncio.wait_for(reader.recv(), 20))
+                    if frame.get("message", "").startswith("t="):
+                        latencies.append((time.time() - float(frame["message"][2:].split(" ")[0])) * 1000)
+
+            task = asyncio.create_task(read())
+            for i in range(count):
+                await sender.send(json.dumps({"message": f"t={time.time():.6f} {text}"}))
+                if i % 50 == 0:
+                    peak = max(peak, rss_kib(gateway_pid))
+                await asyncio.sleep(1 / rate)
+            await task
+            latencies.sort()
+            return latencies[int(len(latencies) * 0.99) - 1], latencies[len(latencies) // 2], max(peak, rss_kib(gateway_pid))
+
+    try:
+        before = rss_kib(gateway_pid)
+        p99_alone, p50_alone, _ = asyncio.run(phase(1500, 300, slow=False))
+        slow = raw_socket_that_never_reads()
+        p99_slow, p50_slow, peak = asyncio.run(phase(3000, 300, slow=True))
+        # The slow socket was closed with 4008: its close frame is at the end of what it was sent.
+        slow.setblocking(True)
+        slow.settimeout(10)
+        received = b""
+        while True:
+            chunk = slow.recv(1 << 20)
+            if not chunk:
+                break
+            received += chunk
+        close_at = received.rfind(b"\x88")
+        code = struct.unpack("!H", received[close_at + 2: close_at + 4])[0] if close_at >= 0 else None
+        after = rss_kib(gateway_pid)
+        print(f"slow consumer: gateway RSS {before} KiB before, peak {peak} KiB with the slow socket, {after} KiB after; "
+              f"the reader's p50/p99 {p50_alone:.1f}/{p99_alone:.1f} ms alone, {p50_slow:.1f}/{p99_slow:.1f} ms beside the slow socket; "
+              f"the slow socket got {len(received)} bytes and close {code}")
+        assert code == 4008, (code, received[-50:])
+        assert peak - before < 64 * 1024, (before, peak)  # bounded: its held messages, not the whole stream
+        assert p99_slow < max(3 * p99_alone, 50), (p99_alone, p99_slow)
+    finally:
+        s.stop()

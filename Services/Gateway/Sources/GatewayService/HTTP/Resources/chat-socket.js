@@ -8,6 +8,11 @@
 //   restart under an open socket is mended by the resend.
 // - It stops for good on the close codes that say retrying cannot help (invalid room, no or bad token,
 //   not a participant, no such room).
+// - A message refused by the rate limit ({"code":"rate_limited","retry_after_ms"}) stays in the outbox and is
+//   sent again once the hint has passed.
+// - With handlers.refreshToken (async () => a new token for the same user) and handlers.expiresAt (ms), it
+//   sends {"type":"refresh","token"} before the token expires (a minute before, or a fifth of its life), so
+//   the server does not close the socket with 4401; each {"type":"refreshed","expires_at"} schedules the next.
 class ResumingSocket {
   constructor(urlFor, handlers) {
     this.urlFor = urlFor;            // since (a seq, or null) -> the socket's URL
@@ -22,13 +27,32 @@ class ResumingSocket {
     this.counter = 0;
     this.ackTimeoutMs = handlers.ackTimeoutMs || 5000;
     this.resender = setInterval(() => this.resendOverdue(), Math.min(1000, this.ackTimeoutMs));
+    this.refreshToken = handlers.refreshToken || null;
+    this.expiresAt = handlers.expiresAt || null;
+    this.holdUntil = 0;
+    this.scheduleRefresh();
     this.connect();
+  }
+
+  // Asks for a new token ahead of this.expiresAt and sends it on the open socket.
+  scheduleRefresh() {
+    clearTimeout(this.refreshTimer);
+    if (!this.refreshToken || !this.expiresAt) return;
+    const left = this.expiresAt - Date.now();
+    const delay = Math.max(500, left - Math.min(60000, left / 5));
+    this.refreshTimer = setTimeout(async () => {
+      try {
+        const token = await this.refreshToken();
+        if (token) this.sendNow({type: 'refresh', token});
+      } catch (e) { /* the next reconnect asks again through urlFor */ }
+    }, delay);
   }
 
   // Sends again, on the open socket, what has waited longer than ackTimeoutMs for its ack.
   resendOverdue() {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
     const now = Date.now();
+    if (now < this.holdUntil) return;
     for (const entry of this.outbox) {
       if (now - entry.sentAt < this.ackTimeoutMs) continue;
       entry.sentAt = now;
@@ -55,6 +79,16 @@ class ResumingSocket {
       if (data.type === 'ack') {
         this.outbox = this.outbox.filter((entry) => entry.frame.client_id !== data.client_id);
         return;
+      }
+      if (data.type === 'refreshed') {
+        this.expiresAt = data.expires_at;
+        this.scheduleRefresh();
+        return;
+      }
+      if (data.code === 'rate_limited') {
+        // Sent again by resendOverdue once the hint has passed (and the ack timeout, counted from now).
+        this.holdUntil = Date.now() + data.retry_after_ms;
+        for (const entry of this.outbox) entry.sentAt = Math.min(entry.sentAt, this.holdUntil - this.ackTimeoutMs);
       }
       if (data.type === 'reset') this.lastSeq = data.last_seq;
       if (data.seq !== undefined && data.type === undefined) {
@@ -98,6 +132,7 @@ class ResumingSocket {
     this.stopped = true;
     clearTimeout(this.timer);
     clearInterval(this.resender);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close();
   }
 }
