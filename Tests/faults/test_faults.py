@@ -59,11 +59,12 @@ class LoadClient:
         self.sending = True
         self.ws = None
         self.stop = False
+        self.latencies = []     # (when, seconds from send to delivery) of each chat frame of this room, first time seen
 
     def new_message(self):
         self.counter += 1
         client_id = f"{self.name}-{self.counter}"
-        frame = {"message": f"{self.name} #{self.counter}", "client_id": client_id}
+        frame = {"message": f"{self.name} #{self.counter} @{time.time():.3f}", "client_id": client_id}
         self.outbox[client_id] = (frame, 0.0)
         return client_id
 
@@ -136,6 +137,9 @@ class LoadClient:
             elif kind is None and "seq" in data:
                 if data["seq"] in self.seen and self.seen[data["seq"]] != data["id"]:
                     self.doubled += 1
+                elif data["seq"] not in self.seen and " @" in data.get("message", ""):
+                    now = time.time()
+                    self.latencies.append((now, now - float(data["message"].rsplit(" @", 1)[1])))
                 self.seen[data["seq"]] = data["id"]
                 self.last_seq = max(self.last_seq or 0, data["seq"])
 
