@@ -29,6 +29,9 @@ package enum ChatTopology {
     package static let deadLetterQueue = "chat.dead"
     /// Header of a dead letter: why the store refused it.
     package static let reasonHeader = "x-reason"
+    /// Header of a history reply that could not be answered (a malformed request, a store failure): why. The
+    /// requester learns it at once instead of waiting out its timeout.
+    package static let failureHeader = "x-failure"
     /// Fanout exchange of the gateways' joins, leaves and heartbeats: every room service instance (and every
     /// gateway, for presence) keeps the whole membership from it.
     package static let membershipExchange = "chat.rooms.membership"

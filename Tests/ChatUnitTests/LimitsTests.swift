@@ -1,6 +1,7 @@
 import ChannelLayer
 import ChatProtocol
 import Foundation
+import Logging
 import Presence
 @testable import GatewayService
 import ServiceKit
@@ -133,5 +134,25 @@ import Testing
         presence.apply(MembershipEvent(kind: .heartbeat, gateway: "g2", rooms: [:], users: ["a@x.com": 5]))
         #expect(!presence.reserveSocket(ofUser: "a@x.com", limit: 6))
         #expect(presence.reserveSocket(ofUser: "a@x.com", limit: 0))
+    }
+}
+
+@Suite struct GatewayStartTests {
+    static func threadCount() -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? 0
+    }
+
+    /// A configuration refused at start leaves no AMQP thread behind (it used to start before the check).
+    @Test func aRefusedConfigurationStartsNoThread() async throws {
+        var configuration = GatewayConfiguration(amqpURL: "amqp://guest:guest@127.0.0.1:1/%2F")
+        configuration.jwtSecret = "short"
+        let before = Self.threadCount()
+        for _ in 0..<3 {
+            await #expect(throws: GatewayConfigurationError.self) {
+                _ = try await buildApplication(configuration, logger: Logger(label: "test"))
+            }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(Self.threadCount() <= before + 1)
     }
 }

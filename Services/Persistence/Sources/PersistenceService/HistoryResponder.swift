@@ -35,8 +35,12 @@ final class HistoryResponder: Service {
     static let maxConcurrent = 16
 
     func answer(_ delivery: AMQPDelivery) async {
-        guard let request = try? JSONDecoder().decode(HistoryRequest.self, from: Data(buffer: delivery.body)) else {
-            logger.warning("malformed history request")
+        let request: HistoryRequest
+        do {
+            request = try JSONDecoder().decode(HistoryRequest.self, from: Data(buffer: delivery.body))
+        } catch {
+            logger.warning("malformed history request", metadata: ["error": "\(error)"])
+            fail(delivery, "malformed history request")
             return
         }
         do {
@@ -64,7 +68,14 @@ final class HistoryResponder: Service {
             }
         } catch {
             logger.error("history request failed", metadata: ["error": "\(error)", "chat.request": "\(request)"])
+            fail(delivery, "history unavailable")
         }
+    }
+
+    /// Answers a request that cannot be served with a typed failure (``ChatTopology/failureHeader``).
+    private func fail(_ delivery: AMQPDelivery, _ reason: String) {
+        connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(), headers: [ChatTopology.failureHeader: .string(reason)]),
+                             logger: logger)
     }
 }
 

@@ -18,6 +18,10 @@ package func buildApplication(_ configuration: GatewayConfiguration, logger: Log
     var logger = logger
     logger[metadataKey: "chat.gateway"] = .string(configuration.gatewayID)
     GatewayMetrics.register()
+    // Refused before anything starts: the AMQP connection's thread starts with it, and would be left running.
+    guard configuration.jwtSecret.utf8.count >= 32 else {
+        throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
+    }
     let connection = AMQPConnection(
         configuration: try AMQPConfiguration(url: configuration.amqpURL, connectionName: "gateway-\(configuration.gatewayID)",
                                          linger: configuration.amqpLinger),
@@ -37,9 +41,6 @@ package func buildApplication(_ configuration: GatewayConfiguration, logger: Log
                                  })
     let broker = AMQPGatewayBroker(layer: layer, gatewayID: configuration.gatewayID, partitions: configuration.partitions)
     let backend = GatewayBackend(configuration: configuration, broker: broker, presence: presence, logger: logger, userSockets: userSockets)
-    guard configuration.jwtSecret.utf8.count >= 32 else {
-        throw GatewayConfigurationError.jwtSecretTooShort(configuration.jwtSecret.utf8.count)
-    }
     let authenticator = await Authenticator(secret: configuration.jwtSecret)
     if configuration.serverAPIKey != nil {
         logger.info("the server API (/api/server/*) is on")

@@ -215,6 +215,14 @@ final class GatewayBackend: Service {
     }
 
     private func request<Request: Encodable>(_ request: Request, to queue: String) async throws -> BrokerReply {
-        try await broker.request(ByteBuffer(bytes: try encoder.encode(request)), to: queue, timeout: configuration.requestTimeout)
+        let reply = try await broker.request(ByteBuffer(bytes: try encoder.encode(request)), to: queue, timeout: configuration.requestTimeout)
+        if case .string(let reason)? = reply.headers[ChatTopology.failureHeader] { throw ServiceFailure(reason: reason) }
+        return reply
     }
+}
+
+/// A service answered a request with a failure (``ChatTopology/failureHeader``) rather than a result.
+struct ServiceFailure: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { reason }
 }
