@@ -48,7 +48,6 @@ package typealias AMQPTable = [String: AMQPFieldValue]
 /// The kinds of exchange the services declare.
 package enum AMQPExchangeType: String, Sendable {
     case direct, fanout, topic, headers
-    case consistentHash = "x-consistent-hash"
 }
 
 /// The basic properties of a message that this system uses.
@@ -146,10 +145,6 @@ package struct AMQPDelivery: Sendable {
     package func ack(multiple: Bool = false) {
         connection?.enqueueAck(channel: channel, epoch: channelEpoch, deliveryTag: deliveryTag, multiple: multiple)
     }
-
-    /// The consumer channel it came on, as an opaque key: deliveries with the same key share acknowledgements
-    /// (a multiple ack covers the earlier ones of the same key only).
-    package var consumerKey: UInt64 { channelEpoch }
 
     /// Rejects this delivery; the broker requeues it when `requeue` is true and drops (or dead-letters) it otherwise.
     package func reject(requeue: Bool) {

@@ -13,10 +13,6 @@ package struct JSONWriter {
     package mutating func beginObject() { separator(); output.append("{"); needsComma.append(false) }
     /// Ends the innermost object.
     package mutating func endObject() { output.append("}"); needsComma.removeLast() }
-    /// Starts an array as the value of `key`.
-    package mutating func beginArray(_ key: String) { self.key(key); output.append("["); needsComma.append(false) }
-    /// Ends the innermost array.
-    package mutating func endArray() { output.append("]"); needsComma.removeLast() }
 
     /// Writes `key: value` as a JSON string; nothing when `value` is nil.
     package mutating func field(_ key: String, _ value: String?) {
@@ -36,12 +32,6 @@ package struct JSONWriter {
     package mutating func field(_ key: String, _ value: Bool) {
         self.key(key)
         output.append(value ? "true" : "false")
-    }
-
-    /// Appends a value that is already JSON.
-    package mutating func rawElement(_ json: String) {
-        separator()
-        output.append(json)
     }
 
     private mutating func key(_ key: String) {

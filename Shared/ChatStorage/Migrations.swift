@@ -7,7 +7,7 @@ package enum Migrations {
     /// `CREATE TABLE IF NOT EXISTS` race inside PostgreSQL (a unique violation on `pg_type`).
     static let postgresLockKey: Int64 = 0x6368_6174_5343_484D  // "chatSCHM"
 
-    /// Runs the steps of `component` not yet applied, in order, recording each in `chat_migrations`.
+    /// Runs the steps of `component` not yet applied, in order, recording each in `chat_schema`.
     package static func apply(component: String, steps: [String], on database: any SQLDatabase) async throws {
         _ = try await database.transaction { tx in
             // Held until the transaction ends; every instance of every service waits here for the one before it.

@@ -47,7 +47,7 @@ start_rabbitmq() {
   mkdir -p "$dir/mnesia" "$dir/log"
   local dist; dist=$(free_port)
   RABBIT_NODE="chat$port@localhost"
-  echo "[rabbitmq_consistent_hash_exchange]." > "$dir/enabled_plugins"
+  echo "[]." > "$dir/enabled_plugins"  # no plugins: the services use direct, fanout and topic exchanges only
   cat > "$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$port
 loopback_users = none

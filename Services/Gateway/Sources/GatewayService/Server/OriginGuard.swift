@@ -12,8 +12,8 @@ import Glibc
 #endif
 
 /// Answers a WebSocket upgrade from a foreign `Origin` with 403, as Django's AllowedHostsOriginValidator
-/// does. hummingbird-websocket answers every refused upgrade with an empty 400, so this handler sits right
-/// after the HTTP decoder and refuses the request before the upgrader sees it. Requests without an upgrade
+/// does. NIO's upgrader has no way to answer a refused upgrade with a status of our choosing, so this handler
+/// sits right after the HTTP decoder and refuses the request before the upgrader sees it. Requests without an upgrade
 /// pass through untouched. (The WebSocket routes check the Origin again.) It also refuses upgrades past the
 /// socket cap (503) and past the client address's connection rate (429 with `Retry-After`).
 final class OriginGuardHandler: ChannelInboundHandler, RemovableChannelHandler {
