@@ -4,13 +4,15 @@ import Synchronization
 /// Where the room service keeps rooms: table `chat_rooms`, one row per named room, created on first use.
 package final class RoomStore: Sendable {
     package let database: any SQLDatabase
-    /// Rooms are never renamed or deleted, so a room once read stays true: joins of a known room (and lookups
-    /// of a known consultation room) are answered from memory.
-    private let namedRooms = Mutex<[String: Room]>([:])
-    private let consultRoomsByID = Mutex<[Int64: ConsultRoom]>([:])
+    /// Rooms are never renamed or deleted, so a room once read stays true: joins of a recently used room (and
+    /// lookups of a recently used consultation room) are answered from memory, within `cacheCapacity` each.
+    private let namedRooms: RecentCache<String, Room>
+    private let consultRoomsByID: RecentCache<Int64, ConsultRoom>
 
-    package init(database: any SQLDatabase) {
+    package init(database: any SQLDatabase, cacheCapacity: Int = 100_000) {
         self.database = database
+        self.namedRooms = RecentCache(capacity: cacheCapacity)
+        self.consultRoomsByID = RecentCache(capacity: cacheCapacity)
     }
 
     /// Creates or updates the room tables.
@@ -88,9 +90,9 @@ package final class RoomStore: Sendable {
 
     /// A consultation room by id.
     package func consultRoom(id: Int64) async throws -> ConsultRoom? {
-        if let room = consultRoomsByID.withLock({ $0[id] }) { return room }
+        if let room = consultRoomsByID[id] { return room }
         let room = try await database.query(Self.consultSelect + " WHERE r.id = ?", [.int(id)]).first.map(Self.consultRoom)
-        if let room { consultRoomsByID.withLock { $0[id] = room } }
+        if let room { consultRoomsByID.set(id, room) }
         return room
     }
 
@@ -149,7 +151,7 @@ package final class RoomStore: Sendable {
             [.text(kind), .text(name), .int(now)])
         if let id = rows.first?.first?.int {
             let room = Room(id: id, kind: kind, name: name, createdAt: now)
-            namedRooms.withLock { $0[kind + "\u{0}" + name] = room }
+            namedRooms.set(kind + "\u{0}" + name, room)
             return (room, true)
         }
         let inserted = false
@@ -162,11 +164,11 @@ package final class RoomStore: Sendable {
     /// A named room by kind and name.
     package func find(kind: String, name: String) async throws -> Room? {
         let key = kind + "\u{0}" + name
-        if let room = namedRooms.withLock({ $0[key] }) { return room }
+        if let room = namedRooms[key] { return room }
         let rows = try await database.query("SELECT id, kind, name, created_at FROM chat_rooms WHERE kind = ? AND name = ?",
                                             [.text(kind), .text(name)])
         let room = rows.first.map { Room(id: $0[0].int ?? 0, kind: $0[1].string ?? "", name: $0[2].string ?? "", createdAt: $0[3].int ?? 0) }
-        if let room { namedRooms.withLock { $0[key] = room } }
+        if let room { namedRooms.set(key, room) }
         return room
     }
 }

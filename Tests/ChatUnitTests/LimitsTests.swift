@@ -1,5 +1,6 @@
 import ChannelLayer
 import ChatProtocol
+import ChatStorage
 import Foundation
 import Logging
 import Presence
@@ -154,5 +155,20 @@ import Testing
         }
         try await Task.sleep(for: .milliseconds(200))
         #expect(Self.threadCount() <= before + 1)
+    }
+}
+
+@Suite struct RecentCacheTests {
+    /// The room caches are bounded (they grew with every room ever joined) and keep what is in use.
+    @Test func staysWithinItsCapacityAndKeepsWhatIsUsed() {
+        let cache = RecentCache<Int, String>(capacity: 100)
+        cache.set(0, "hot")
+        for key in 1...10_000 {
+            cache.set(key, "room \(key)")
+            if key % 10 == 0 { #expect(cache[0] == "hot") }  // used all along: never dropped
+        }
+        #expect(cache.count <= 100)
+        #expect(cache[10_000] == "room 10000")
+        #expect(cache[1] == nil)
     }
 }
