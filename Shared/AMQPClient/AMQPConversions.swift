@@ -11,7 +11,7 @@ extension AMQPWorker.Failure {
     var asAMQPError: AMQPError {
         switch self {
         case .connection: .connectionLost
-        case .refused(let code, let text): .brokerRefused(code: code, text: text)
+        case .refused(let code, let text, _): .brokerRefused(code: code, text: text)
         }
     }
 }

@@ -10,4 +10,5 @@ enum AMQPMetrics {
     static let redeliveries = Counter(label: "chat_amqp_redeliveries_total")
     static let reconnects = Counter(label: "chat_amqp_reconnects_total")
     static let connectionsLost = Counter(label: "chat_amqp_connections_lost_total")
+    static let topologyRefusals = Counter(label: "chat_amqp_topology_refusals_total")
 }

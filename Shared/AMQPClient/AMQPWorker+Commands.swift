@@ -53,17 +53,36 @@ extension AMQPWorker {
         do {
             try withArena { arena throws(Failure) in
                 for (spec, _) in binds.dropLast() {
-                    let status = chat_queue_bind_nowait(conn, Self.controlChannel, arena.bytes(spec.queue), arena.bytes(spec.exchange),
+                    let status = chat_queue_bind_nowait(conn, Self.topologyChannel, arena.bytes(spec.queue), arena.bytes(spec.exchange),
                                                         arena.bytes(spec.routingKey), arena.table(spec.arguments))
                     if status != AMQP_STATUS_OK.rawValue { throw .connection("queue.bind: \(String(cString: amqp_error_string2(status)))") }
                 }
                 let last = binds[binds.count - 1].0
-                amqp_queue_bind(conn, Self.controlChannel, arena.bytes(last.queue), arena.bytes(last.exchange),
+                amqp_queue_bind(conn, Self.topologyChannel, arena.bytes(last.queue), arena.bytes(last.exchange),
                                 arena.bytes(last.routingKey), arena.table(last.arguments))
                 try check(amqp_get_rpc_reply(conn), "queue.bind (\(binds.count) pipelined)")
             }
         } catch {
-            if case .refused = error { for (spec, _) in binds { bindings.remove(spec) } }
+            if case .refused(_, _, channelOnly: true) = error {
+                // One bind was refused and the broker ignored the rest: bind them one at a time on the reopened
+                // channel, so that each caller gets its own answer.
+                do {
+                    try reopenTopologyChannel()
+                } catch {
+                    for (_, c) in binds { c.resume(throwing: error.asAMQPError) }
+                    throw error
+                }
+                var rest = binds[...]
+                while let (spec, c) = rest.popFirst() {
+                    do {
+                        try execute(.bind(spec, c))
+                    } catch {
+                        for (_, c) in rest { c.resume(throwing: error.asAMQPError) }
+                        throw error
+                    }
+                }
+                return
+            }
             for (_, c) in binds { c.resume(throwing: error.asAMQPError) }
             throw error
         }
@@ -83,7 +102,7 @@ extension AMQPWorker {
         case .deleteQueue(let name, let c):
             try answer(c) { () throws(Failure) in
                 try withArena { arena throws(Failure) in
-                    amqp_queue_delete(conn, Self.controlChannel, arena.bytes(name), 0, 0)
+                    amqp_queue_delete(conn, Self.topologyChannel, arena.bytes(name), 0, 0)
                     try check(amqp_get_rpc_reply(conn), "queue.delete")
                 }
                 queues.removeAll { $0.name == name }
@@ -92,14 +111,14 @@ extension AMQPWorker {
         case .messageCount(let name, let c):
             do {
                 let count = try withArena { arena throws(Failure) -> Int in
-                    let ok = amqp_queue_declare(conn, Self.controlChannel, arena.bytes(name), 1, 0, 0, 0, amqp_empty_table)
+                    let ok = amqp_queue_declare(conn, Self.topologyChannel, arena.bytes(name), 1, 0, 0, 0, amqp_empty_table)
                     try check(amqp_get_rpc_reply(conn), "queue.declare(passive)")
                     return Int(ok?.pointee.message_count ?? 0)
                 }
                 c.resume(returning: count)
             } catch {
                 c.resume(throwing: error.asAMQPError)
-                throw error
+                try recoverTopology(after: error)
             }
         case .bind(let spec, let c):
             bindings.insert(spec)
@@ -109,7 +128,7 @@ extension AMQPWorker {
             try answer(c) { () throws(Failure) in
                 try withArena { arena throws(Failure) in
                     let args = arena.table(spec.arguments)
-                    amqp_queue_unbind(conn, Self.controlChannel, arena.bytes(spec.queue), arena.bytes(spec.exchange),
+                    amqp_queue_unbind(conn, Self.topologyChannel, arena.bytes(spec.queue), arena.bytes(spec.exchange),
                                       arena.bytes(spec.routingKey), args)
                     try check(amqp_get_rpc_reply(conn), "queue.unbind")
                 }
@@ -164,8 +183,7 @@ extension AMQPWorker {
         }
     }
 
-    /// Runs `body`, answers the caller, and rethrows so that a failed operation resets the connection
-    /// (the broker has closed the channel or the connection).
+    /// Runs a topology call, answers its caller, and recovers from a refusal (see ``recoverTopology(after:)``).
     func answer(_ c: CheckedContinuation<Void, any Error>, undo: () -> Void = {}, _ body: () throws(Failure) -> Void) throws(Failure) {
         do {
             try body()
@@ -173,13 +191,28 @@ extension AMQPWorker {
         } catch {
             if case .refused = error { undo() }
             c.resume(throwing: error.asAMQPError)
-            throw error
+            try recoverTopology(after: error)
         }
+    }
+
+    /// After a failed topology call: a refusal that closed only the topology channel is acknowledged and the
+    /// channel opened again, and the connection carries on; anything else is rethrown and resets the connection.
+    func recoverTopology(after error: Failure) throws(Failure) {
+        guard case .refused(_, _, channelOnly: true) = error else { throw error }
+        logger.warning("the broker refused a topology call; the connection carries on", metadata: ["error": "\(error)"])
+        try reopenTopologyChannel()
+    }
+
+    func reopenTopologyChannel() throws(Failure) {
+        let status = chat_send_channel_close_ok(conn, Self.topologyChannel)
+        if status != AMQP_STATUS_OK.rawValue { throw .connection("channel.close-ok: \(String(cString: amqp_error_string2(status)))") }
+        try openChannel(Self.topologyChannel)
+        AMQPMetrics.topologyRefusals.increment()
     }
 
     func declare(_ spec: ExchangeSpec) throws(Failure) {
         try withArena { arena throws(Failure) in
-            amqp_exchange_declare(conn, Self.controlChannel, arena.bytes(spec.name), arena.bytes(spec.type.rawValue), 0,
+            amqp_exchange_declare(conn, Self.topologyChannel, arena.bytes(spec.name), arena.bytes(spec.type.rawValue), 0,
                                   spec.durable ? 1 : 0, spec.autoDelete ? 1 : 0, 0, arena.table(spec.arguments))
             try check(amqp_get_rpc_reply(conn), "exchange.declare \(spec.name)")
         }
@@ -187,7 +220,7 @@ extension AMQPWorker {
 
     func declare(_ spec: QueueSpec) throws(Failure) {
         try withArena { arena throws(Failure) in
-            amqp_queue_declare(conn, Self.controlChannel, arena.bytes(spec.name), 0, spec.durable ? 1 : 0,
+            amqp_queue_declare(conn, Self.topologyChannel, arena.bytes(spec.name), 0, spec.durable ? 1 : 0,
                                spec.exclusive ? 1 : 0, spec.autoDelete ? 1 : 0, arena.table(spec.arguments))
             try check(amqp_get_rpc_reply(conn), "queue.declare \(spec.name)")
         }
@@ -195,7 +228,7 @@ extension AMQPWorker {
 
     func bind(_ spec: BindingSpec) throws(Failure) {
         try withArena { arena throws(Failure) in
-            amqp_queue_bind(conn, Self.controlChannel, arena.bytes(spec.queue), arena.bytes(spec.exchange),
+            amqp_queue_bind(conn, Self.topologyChannel, arena.bytes(spec.queue), arena.bytes(spec.exchange),
                             arena.bytes(spec.routingKey), arena.table(spec.arguments))
             try check(amqp_get_rpc_reply(conn), "queue.bind \(spec.queue) \(spec.exchange) \(spec.routingKey)")
         }

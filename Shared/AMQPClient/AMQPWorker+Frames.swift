@@ -84,7 +84,7 @@ extension AMQPWorker {
             }
         case CHAT_CHANNEL_CLOSE:
             let close = decoded!.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-            throw .refused(code: Int(close.reply_code), text: String(amqpBytes: close.reply_text))
+            throw .refused(code: Int(close.reply_code), text: String(amqpBytes: close.reply_text), channelOnly: true)
         case CHAT_CONNECTION_CLOSE:
             let close = decoded!.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
             throw .connection("broker closed the connection (\(close.reply_code)): \(String(amqpBytes: close.reply_text))")

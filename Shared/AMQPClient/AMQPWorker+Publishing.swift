@@ -25,7 +25,7 @@ extension AMQPWorker {
                 var props = arena.properties(properties)
                 return message.body.withUnsafeReadableBytes { raw in
                     let body = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
-                    return amqp_basic_publish(conn, Self.controlChannel, arena.bytes(message.exchange), arena.bytes(message.routingKey),
+                    return amqp_basic_publish(conn, Self.publishChannel, arena.bytes(message.exchange), arena.bytes(message.routingKey),
                                               message.mandatory ? 1 : 0, 0, &props, body)
                 }
             }

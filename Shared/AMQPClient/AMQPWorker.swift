@@ -16,7 +16,8 @@ final class AMQPWorker: @unchecked Sendable {
     /// Why the current connection must be torn down.
     enum Failure: Error {
         case connection(String)
-        case refused(code: Int, text: String)
+        /// The broker closed the channel (`channelOnly`) or the whole connection.
+        case refused(code: Int, text: String, channelOnly: Bool)
     }
 
     /// Strong on purpose: a connection lives until it is closed, like a socket; the thread ends on close.
@@ -36,7 +37,7 @@ final class AMQPWorker: @unchecked Sendable {
     var bindings: Set<BindingSpec> = []
     var consumers: [Int: ConsumerRecord] = [:]
     var consumersByTag: [String: ConsumerRecord] = [:]
-    var nextChannel: UInt16 = 2
+    var nextChannel = AMQPWorker.firstConsumerChannel
     /// Consumer channels closed on this connection, to be opened again before a new number is taken
     /// (the broker allows 2,047 channels per connection).
     var freeChannels: [UInt16] = []
@@ -44,8 +45,12 @@ final class AMQPWorker: @unchecked Sendable {
     var channelEpochs: [UInt16: UInt64] = [:]
     var nextEpoch: UInt64 = 1
 
-    // Publisher confirms on channel 1.
-    static let controlChannel: amqp_channel_t = 1
+    /// Publishes and their confirms.
+    static let publishChannel: amqp_channel_t = 1
+    /// Declares, binds, deletes and passive declares: a refusal closes this channel only, which is opened again,
+    /// so publishes waiting for their confirms on channel 1 and the consumers carry on.
+    static let topologyChannel: amqp_channel_t = 2
+    static let firstConsumerChannel: UInt16 = 3
     var nextPublishTag: UInt64 = 1
     var pendingConfirms: [UInt64: ConfirmBatch] = [:]
     var pendingOrder: [UInt64] = []
@@ -76,6 +81,7 @@ final class AMQPWorker: @unchecked Sendable {
         while true {
             if owner.shared.withLock({ $0.closing }) {
                 // Send what is queued (acknowledgements above all) before saying goodbye.
+                // Best effort on the way out: a failure here fails what it touched, and shutdown() fails the rest.
                 if conn != nil { try? runCommands() }
                 break
             }
@@ -165,11 +171,12 @@ final class AMQPWorker: @unchecked Sendable {
             throw .connection("cannot open socket to \(config.host):\(config.port): \(String(cString: amqp_error_string2(status)))")
         }
         try check(chat_amqp_login_plain(conn, config.virtualHost, 0, 131_072, Int32(config.heartbeatSeconds), config.user, config.password), "login")
-        try openChannel(Self.controlChannel)
-        amqp_confirm_select(conn, Self.controlChannel)
+        try openChannel(Self.publishChannel)
+        amqp_confirm_select(conn, Self.publishChannel)
         try check(amqp_get_rpc_reply(conn), "confirm.select")
+        try openChannel(Self.topologyChannel)
         nextPublishTag = 1
-        nextChannel = 2
+        nextChannel = Self.firstConsumerChannel
         freeChannels.removeAll()
         channelEpochs.removeAll()
         lastFrameReceived = .now
@@ -211,11 +218,11 @@ final class AMQPWorker: @unchecked Sendable {
         case AMQP_RESPONSE_SERVER_EXCEPTION:
             if reply.reply.id == CHAT_CHANNEL_CLOSE, let decoded = reply.reply.decoded {
                 let close = decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-                throw .refused(code: Int(close.reply_code), text: "\(what): \(String(amqpBytes: close.reply_text))")
+                throw .refused(code: Int(close.reply_code), text: "\(what): \(String(amqpBytes: close.reply_text))", channelOnly: true)
             }
             if reply.reply.id == CHAT_CONNECTION_CLOSE, let decoded = reply.reply.decoded {
                 let close = decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-                throw .refused(code: Int(close.reply_code), text: "\(what): \(String(amqpBytes: close.reply_text))")
+                throw .refused(code: Int(close.reply_code), text: "\(what): \(String(amqpBytes: close.reply_text))", channelOnly: false)
             }
             throw .connection("\(what): server exception \(reply.reply.id)")
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:

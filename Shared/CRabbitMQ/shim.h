@@ -81,6 +81,14 @@ static const amqp_flags_t CHAT_FLAG_EXPIRATION = AMQP_BASIC_EXPIRATION_FLAG;
 static const amqp_flags_t CHAT_FLAG_MESSAGE_ID = AMQP_BASIC_MESSAGE_ID_FLAG;
 static const amqp_flags_t CHAT_FLAG_TYPE = AMQP_BASIC_TYPE_FLAG;
 
+/// Sends channel.close-ok after the broker closed a channel (a refused topology call), so that the channel
+/// number can be opened again.
+static inline int chat_send_channel_close_ok(amqp_connection_state_t state, amqp_channel_t channel) {
+    amqp_channel_close_ok_t ok;
+    ok.dummy = 0;
+    return amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+}
+
 /// queue.bind with no-wait set: the broker sends no bind-ok. A run of these followed by one ordinary bind is
 /// confirmed by that bind's bind-ok (a channel's methods are handled in order; a failure closes the channel).
 static inline int chat_queue_bind_nowait(amqp_connection_state_t state, amqp_channel_t channel, amqp_bytes_t queue,

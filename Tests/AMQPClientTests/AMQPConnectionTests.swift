@@ -56,6 +56,60 @@ import Testing
         let queue = TestBroker.uniqueName("test.after-refusal")
         try await connection.declareQueue(queue, durable: false, autoDelete: true)
         try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: ByteBuffer(string: "ok"), mandatory: true))
+        #expect(connection.connectCount == 1, "a refused topology call closes its channel, not the connection")
+        await connection.close()
+    }
+
+    /// Topology has its own channel: a refused declare must not fail publishes waiting for their confirms.
+    @Test func aRefusedDeclareLeavesPendingConfirmsAlone() async throws {
+        let connection = await TestBroker.connect("refusal-confirms")
+        let queue = TestBroker.uniqueName("test.refusal-confirms")
+        try await connection.declareQueue(queue, durable: true, autoDelete: false)
+        // Persistent messages to a durable queue: their confirms wait for the broker's disk, so many are still
+        // pending when the refusal comes back.
+        let confirmations = (0..<20).map { batch in
+            connection.publishPipelined((0..<100).map {
+                var message = AMQPOutgoingMessage(exchange: "", routingKey: queue, body: ByteBuffer(string: "m\(batch).\($0)"), mandatory: true)
+                message.properties.persistent = true
+                return message
+            })
+        }
+        // The same name with other arguments: 406 PRECONDITION_FAILED, which closes the channel it came on.
+        await #expect(throws: AMQPError.self) {
+            try await connection.declareQueue(queue, durable: false, autoDelete: true)
+        }
+        for confirmation in confirmations { try await confirmation.wait() }
+        #expect(connection.connectCount == 1)
+        #expect(try await connection.messageCount(queue: queue) == 2_000)
+        try await connection.deleteQueue(queue)
+        await connection.close()
+    }
+
+    /// Binds pipelined in one batch: a refused one fails its own caller only, and the rest are bound.
+    @Test func aRefusedBindInAPipelinedBatchFailsOnlyItsCaller() async throws {
+        let connection = await TestBroker.connect("refusal-binds")
+        let exchange = TestBroker.uniqueName("test.refusal-binds")
+        let queue = TestBroker.uniqueName("test.refusal-binds")
+        try await connection.declareExchange(exchange, type: .direct, durable: false, autoDelete: true)
+        try await connection.declareQueue(queue, durable: false, autoDelete: true)
+        let results = await withTaskGroup(of: (String, Bool).self) { group in
+            for key in (0..<30).map({ "k\($0)" }) + ["missing"] {
+                group.addTask {
+                    do {
+                        try await connection.bindQueue(key == "missing" ? queue + ".missing" : queue, exchange: exchange, routingKey: key)
+                        return (key, true)
+                    } catch {
+                        return (key, false)
+                    }
+                }
+            }
+            return await group.reduce(into: [String: Bool]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(results["missing"] == false)
+        #expect(results.filter { $0.key != "missing" }.values.allSatisfy { $0 })
+        #expect(connection.connectCount == 1)
+        try await connection.publish(AMQPOutgoingMessage(exchange: exchange, routingKey: "k29", body: ByteBuffer(string: "x"), mandatory: true))
+        #expect(try await connection.messageCount(queue: queue) == 1)
         await connection.close()
     }
 
