@@ -42,6 +42,9 @@ package struct AMQPConfiguration: Sendable, Equatable {
 
     /// Parses `amqp://user:pass@host:port/vhost`. An empty path means the vhost `/`;
     /// `%2F` in the path is the encoded `/`.
+    /// `CHAT_AMQP_URL`'s default: the local broker's guest account.
+    package static let defaultURL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
     package init(url: String, connectionName: String = "swift-chat", linger: Duration = .zero) throws(AMQPError) {
         guard let components = URLComponents(string: url), components.scheme == "amqp" else {
             throw AMQPError.invalidURL(url)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A validated name of a named (tutorial) room.
 ///
 /// Rules (documented in docs/protocol.md): 1 to 100 characters; each is a Unicode letter, mark or digit,
@@ -16,6 +18,12 @@ package struct RoomName: Hashable, Sendable, CustomStringConvertible {
             throw .invalidRoomName("room name may contain only letters, digits, '-', '_' and '.'")
         }
         self.value = raw
+    }
+
+    /// A name as it comes in a URL path (`/chat/<room>/`, `/ws/chat/<room>/`, the REST routes): percent-decoded,
+    /// then validated. The one place a path segment becomes a room name.
+    package init(pathSegment raw: String) throws(ChatError) {
+        try self.init(validating: raw.removingPercentEncoding ?? raw)
     }
 
     static func isAllowed(_ scalar: Unicode.Scalar) -> Bool {

@@ -53,12 +53,17 @@ package func openDatabase(url: String, logger: Logger, syncEveryCommit: Bool = f
     if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
         return try PostgresDatabase(url: url, logger: logger)
     }
-    if url.hasPrefix("sqlite:") {
-        var path = String(url.dropFirst("sqlite:".count))
-        if path.hasPrefix("//") { path = String(path.dropFirst(2)) }
+    if let path = sqlitePath(url: url) {
         return try await SQLiteDatabase.open(path: path, logger: logger, syncEveryCommit: syncEveryCommit)
     }
     throw DatabaseConfigurationError.unsupportedURL(url)
+}
+
+/// The file of an SQLite database URL (`sqlite:PATH` or `sqlite://PATH`; `:memory:` for none), or nil for another URL.
+package func sqlitePath(url: String) -> String? {
+    guard url.hasPrefix("sqlite:") else { return nil }
+    let path = url.dropFirst("sqlite:".count)
+    return String(path.hasPrefix("//") ? path.dropFirst(2) : path)
 }
 
 // MARK: SQLite

@@ -1,10 +1,11 @@
+import AMQPClient
 import ChatProtocol
 import Foundation
 import ServiceKit
 
 /// Configuration of the persistence service, read from the environment in one place.
 package struct PersistenceConfiguration: Sendable {
-    /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
+    /// `CHAT_AMQP_URL`, default ``AMQPConfiguration/defaultURL``.
     package var amqpURL: String
     /// `CHAT_DATABASE_URL`: `sqlite:PATH` (default `sqlite:.state/messages.sqlite`) or `postgres://…`.
     package var databaseURL: String
@@ -25,7 +26,7 @@ package struct PersistenceConfiguration: Sendable {
     package var amqpLinger: Duration
     package static let defaultAMQPLinger: Duration = .microseconds(500)
 
-    package init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F", databaseURL: String = "sqlite:.state/messages.sqlite",
+    package init(amqpURL: String = AMQPConfiguration.defaultURL, databaseURL: String = "sqlite:.state/messages.sqlite",
                 healthHost: String = "127.0.0.1", healthPort: Int = 8001, prefetch: Int = 1000,
                 partitions: Int = ChatTopology.defaultPartitions, workerID: String = PersistenceConfiguration.randomWorkerID(),
                 lease: Duration = .seconds(3), amqpLinger: Duration = PersistenceConfiguration.defaultAMQPLinger) {
@@ -43,7 +44,7 @@ package struct PersistenceConfiguration: Sendable {
     /// Reads every `CHAT_*` setting of the persistence service; a malformed or out-of-range value is refused, naming it.
     package static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
-            amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            amqpURL: env.string("CHAT_AMQP_URL", default: AMQPConfiguration.defaultURL),
             databaseURL: env.string("CHAT_DATABASE_URL", default: "sqlite:.state/messages.sqlite"),
             healthHost: env.string("CHAT_HEALTH_HOST", default: "127.0.0.1"),
             healthPort: try env.int("CHAT_HEALTH_PORT", default: 8001, in: 0...65535),

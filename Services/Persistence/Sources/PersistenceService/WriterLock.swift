@@ -1,3 +1,4 @@
+import ChatStorage
 import Foundation
 import Logging
 import Synchronization
@@ -21,10 +22,7 @@ final class WriterLock: Sendable {
 
     /// The lock an SQLite database URL needs, or nil (PostgreSQL, or SQLite in memory).
     static func forDatabase(url: String) -> WriterLock? {
-        guard url.hasPrefix("sqlite:") else { return nil }
-        var path = String(url.dropFirst("sqlite:".count))
-        if path.hasPrefix("//") { path = String(path.dropFirst(2)) }
-        if path == ":memory:" { return nil }
+        guard let path = sqlitePath(url: url), path != ":memory:" else { return nil }
         return WriterLock(path: path + ".writer-lock")
     }
 

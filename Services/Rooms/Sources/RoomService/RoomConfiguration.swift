@@ -14,7 +14,7 @@ import Synchronization
 
 /// Configuration of the room service, read from the environment in one place.
 package struct RoomConfiguration: Sendable {
-    /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
+    /// `CHAT_AMQP_URL`, default ``AMQPConfiguration/defaultURL``.
     package var amqpURL: String
     /// `CHAT_DATABASE_URL`: `sqlite:PATH` (default `sqlite:.state/rooms.sqlite`) or `postgres://…`.
     package var databaseURL: String
@@ -29,7 +29,7 @@ package struct RoomConfiguration: Sendable {
     /// Reads every `CHAT_*` setting of the room service; a malformed or out-of-range value is refused, naming it.
     package static func fromEnvironment(_ env: EnvironmentReader = .init()) throws -> Self {
         Self(
-            amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            amqpURL: env.string("CHAT_AMQP_URL", default: AMQPConfiguration.defaultURL),
             databaseURL: env.string("CHAT_DATABASE_URL", default: "sqlite:.state/rooms.sqlite"),
             healthHost: env.string("CHAT_HEALTH_HOST", default: "127.0.0.1"),
             healthPort: try env.int("CHAT_HEALTH_PORT", default: 8002, in: 0...65535),

@@ -1,3 +1,4 @@
+import AMQPClient
 import ChatProtocol
 import Foundation
 import ServiceKit
@@ -8,7 +9,7 @@ package struct GatewayConfiguration: Sendable {
     /// `CHAT_GATEWAY_HOST` / `CHAT_GATEWAY_PORT`: where HTTP and WebSockets are served (default 127.0.0.1:8000).
     package var host: String
     package var port: Int
-    /// `CHAT_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2F`.
+    /// `CHAT_AMQP_URL`, default ``AMQPConfiguration/defaultURL``.
     package var amqpURL: String
     /// `CHAT_GATEWAY_ID`: names this process's queue (default: random).
     package var gatewayID: String
@@ -76,7 +77,7 @@ package struct GatewayConfiguration: Sendable {
     /// `X-Chat-Api-Key`; without it those routes answer 404.
     package var serverAPIKey: String?
 
-    package init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/%2F",
+    package init(host: String = "127.0.0.1", port: Int = 8000, amqpURL: String = AMQPConfiguration.defaultURL,
                 gatewayID: String = GatewayConfiguration.randomID(), maxFrameBytes: Int = 65536, historyLimit: Int = 50,
                 requestTimeout: Duration = .seconds(5), mailboxCapacity: Int = 1024, heartbeatInterval: Duration = .seconds(5),
                 jwtSecret: String = UUID().uuidString + UUID().uuidString, devTokens: Bool = false, allowAnonymous: Bool = false,
@@ -103,7 +104,7 @@ package struct GatewayConfiguration: Sendable {
         Self(
             host: env.string("CHAT_GATEWAY_HOST", default: "127.0.0.1"),
             port: try env.int("CHAT_GATEWAY_PORT", default: 8000, in: 0...65535),
-            amqpURL: env.string("CHAT_AMQP_URL", default: "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            amqpURL: env.string("CHAT_AMQP_URL", default: AMQPConfiguration.defaultURL),
             gatewayID: env.string("CHAT_GATEWAY_ID", default: randomID()),
             maxFrameBytes: try env.int("CHAT_MAX_FRAME_BYTES", default: 65536, in: 16...(16 << 20)),
             historyLimit: try env.int("CHAT_HISTORY_LIMIT", default: 50, in: 0...1000),

@@ -48,20 +48,20 @@ struct Authenticator: Sendable {
 
     /// The token of a request: `Authorization: Bearer`, else the `chat_token` cookie, else `?token=`.
     static func token(in request: Request) -> String? {
-        if let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") {
-            return String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
-        }
-        if let cookie = request.cookies[cookieName]?.value, !cookie.isEmpty { return cookie }
-        if let query = request.uri.queryParameters.get("token"), !query.isEmpty { return query }
-        return nil
+        token(authorization: request.headers[.authorization], cookieHeaders: request.headers[values: .cookie], uri: request.uri.description)
     }
 
     /// The same, from a WebSocket upgrade's head (the socket path is served by NIO handlers, not the router).
     static func token(headers: HTTPHeaders, uri: String) -> String? {
-        if let header = headers["authorization"].first, header.lowercased().hasPrefix("bearer ") {
+        token(authorization: headers["authorization"].first, cookieHeaders: headers["cookie"], uri: uri)
+    }
+
+    /// The one place a token is found: `Authorization: Bearer`, then the cookie, then `?token=`.
+    static func token(authorization: String?, cookieHeaders: [String], uri: String) -> String? {
+        if let header = authorization, header.lowercased().hasPrefix("bearer ") {
             return String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
         }
-        for cookieHeader in headers["cookie"] {
+        for cookieHeader in cookieHeaders {
             for pair in cookieHeader.split(separator: ";") {
                 let parts = pair.split(separator: "=", maxSplits: 1)
                 if parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == cookieName {

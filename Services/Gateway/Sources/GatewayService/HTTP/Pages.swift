@@ -16,7 +16,7 @@ enum Pages {
         router.get("/chat/:room") { _, context -> Response in
             let raw = context.parameters.get("room") ?? ""
             do throws(ChatError) {
-                let room = try RoomName(validating: raw.removingPercentEncoding ?? raw)
+                let room = try RoomName(pathSegment: raw)
                 return html(.ok, roomPage(room))
             } catch {
                 return html(.badRequest, errorPage(error.description))

@@ -65,7 +65,7 @@ struct SessionOpener: Sendable {
                 }
             }
             do throws(ChatError) {
-                room = .named(try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom))
+                room = .named(try RoomName(pathSegment: rawRoom))
                 kind = .named
             } catch {
                 return .refused(error.description, CloseCode.invalidRoom)
