@@ -90,6 +90,7 @@ package final class AMQPConnection: Service, Sendable {
     // MARK: Service
 
     package func run() async throws {
+        // Throws only when cancelled: the connection closes either way.
         try? await gracefulShutdown()
         await self.close()
     }

@@ -92,6 +92,7 @@ package final class AMQPRequester: Sendable {
     /// Fails every request past its deadline, while any is pending; ends when none is.
     private func sweep() async {
         while true {
+            // The sweeper is never cancelled; it ends when no request is pending.
             try? await Task.sleep(for: Self.sweepInterval)
             let now = ContinuousClock.now
             let expired = state.withLock { state -> [CheckedContinuation<AMQPDelivery, any Error>]? in

@@ -10,6 +10,7 @@ package enum ChatGroup: Hashable, Sendable, CustomStringConvertible, Codable {
     /// Reads a group key; nil for anything that is not a valid named room or a positive consultation id.
     package init?(key: String) {
         if key.hasPrefix(Self.namedPrefix) {
+            // Not a valid room name means not a named room's group: nil, as documented.
             guard let name = try? RoomName(validating: String(key.dropFirst(Self.namedPrefix.count))) else { return nil }
             self = .named(name)
         } else if key.hasPrefix(Self.consultPrefix) {

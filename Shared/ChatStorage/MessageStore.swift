@@ -204,6 +204,7 @@ package final class MessageStore: Sendable {
 
     /// Whether the database answers at all: tells a batch it refuses from a database that is down.
     package func isReachable() async -> Bool {
+        // Any error is the answer "no": the caller only asks whether the database is there.
         (try? await database.query("SELECT 1", [])) != nil
     }
 

@@ -121,9 +121,11 @@ package final class SQLiteDatabase: SQLDatabase {
                 // Cut short by graceful shutdown: the final checkpoint in `close()` follows at once.
                 _ = try? await cancelWhenGracefulShutdown { try await Task.sleep(for: Self.checkpointInterval) }
                 if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                // A passive checkpoint that fails (busy) is simply tried again at the next tick.
                 _ = try? await Self.run(checkpointer, "PRAGMA wal_checkpoint(PASSIVE)", [])
             }
         } else {
+            // Throws only when cancelled, which ends the wait the same way.
             try? await gracefulShutdown()
         }
         try await Task { try await self.close() }.value
@@ -132,6 +134,7 @@ package final class SQLiteDatabase: SQLDatabase {
     /// Closes both connections.
     package func close() async throws {
         if let checkpointer {
+            // Best effort: a WAL left behind is replayed by the next open, so nothing is lost if it fails.
             _ = try? await Self.run(checkpointer, "PRAGMA wal_checkpoint(TRUNCATE)", [])
             try await checkpointer.close()
         }
@@ -155,6 +158,7 @@ package final class SQLiteDatabase: SQLDatabase {
                 _ = try await Self.run(writer, "COMMIT", [])
                 return result
             } catch {
+                // The body's error is the one to report; a failed ROLLBACK leaves nothing committed either.
                 _ = try? await Self.run(writer, "ROLLBACK", [])
                 throw error
             }

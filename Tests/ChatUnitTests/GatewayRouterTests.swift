@@ -114,6 +114,23 @@ import ServiceKit
         }
     }
 
+    /// Errors are told apart by kind: the broker's is a 503 as a silent service's is; one nobody expected is a
+    /// bug here, a 500 (it used to be a 503 too, which hid it).
+    @Test func aBrokerFailureIsA503AndAnUnexpectedErrorA500() async throws {
+        try await withRouter(respond: { _, _ in throw AMQPError.timeout }) { client, auth in
+            let headers = try await bearer(auth, Self.visitor, .visitor)
+            try await client.execute(uri: "/api/rooms", method: .get, headers: headers) { #expect($0.status == .serviceUnavailable) }
+        }
+        struct Unexpected: Error {}
+        try await withRouter(respond: { _, _ in throw Unexpected() }) { client, auth in
+            let headers = try await bearer(auth, Self.visitor, .visitor)
+            try await client.execute(uri: "/api/rooms", method: .get, headers: headers) { response in
+                #expect(response.status == .internalServerError)
+                #expect(String(buffer: response.body).contains("internal error"))
+            }
+        }
+    }
+
     @Test func anErrorAnswerCarriesTheRequestIDToo() async throws {
         let configuration = GatewayConfiguration()
         let broker = InMemoryGatewayBroker(respond: Self.respond)

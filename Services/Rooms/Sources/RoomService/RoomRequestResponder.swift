@@ -53,6 +53,7 @@ final class RoomRequestResponder: Service {
 
     func handle(_ delivery: AMQPDelivery) async {
         guard let request = try? decoder.decode(RoomRequest.self, from: Data(buffer: delivery.body)) else {
+            // Answered, not dropped: the asking gateway learns at once that its request was malformed.
             Self.requests(op: "malformed").increment()
             await reply(to: delivery, .refused(reason: "malformed request"))
             return
@@ -92,7 +93,13 @@ final class RoomRequestResponder: Service {
     }
 
     func reply(to delivery: AMQPDelivery, _ reply: RoomReply) async {
-        guard let body = try? encoder.encode(reply) else { return }
+        let body: Data
+        do {
+            body = try encoder.encode(reply)
+        } catch {
+            logger.error("a room reply could not be encoded; the gateway's request will time out", metadata: ["error": "\(error)"])
+            return
+        }
         connection.sendReply(AMQPRequester.reply(to: delivery, body: ByteBuffer(bytes: body)), logger: logger)
     }
 }

@@ -1,3 +1,4 @@
+import AMQPClient
 import ChatProtocol
 import Foundation
 import Hummingbird
@@ -26,7 +27,8 @@ struct API: Sendable {
         }
     }
 
-    /// Turns what is not an ``APIError`` into one: a bad token is 401, a service that did not answer 503.
+    /// Turns what is not an ``APIError`` into one, by kind: a bad token is 401; the broker, or a service that
+    /// did not answer or could not serve, 503; anything else is a bug here, 500, logged as an error.
     func failures<Result>(_ body: () async throws -> Result) async throws -> Result {
         do {
             return try await body()
@@ -34,10 +36,22 @@ struct API: Sendable {
             throw error
         } catch let error as AuthError {
             throw APIError(.unauthorized, error.description)
+        } catch let error as ChatError {
+            if case .unavailable = error { throw unavailable(error) }
+            throw APIError(.unprocessableContent, error.description)
+        } catch let error as AMQPError {
+            throw unavailable(error)
+        } catch let error as ServiceFailure {
+            throw unavailable(error)
         } catch {
-            backend.logger.warning("API request failed", metadata: ["error": "\(error)"])
-            throw APIError(.serviceUnavailable, "a backing service did not answer, try again")
+            backend.logger.error("API request failed unexpectedly", metadata: ["error": "\(error)"])
+            throw APIError(.internalServerError, "internal error")
         }
+    }
+
+    private func unavailable(_ error: any Error) -> APIError {
+        backend.logger.warning("API request failed", metadata: ["error": "\(error)"])
+        return APIError(.serviceUnavailable, "a backing service did not answer, try again")
     }
 
     /// A JSON object body within the size limit, decoded: malformed JSON is 400, a missing or mistyped field 422.
@@ -155,7 +169,7 @@ struct API: Sendable {
     func namedHistory(_ request: Request, room rawRoom: String) async throws -> NamedMessagePageBody {
         let room: RoomName
         do throws(ChatError) {
-            room = try RoomName(validating: rawRoom.removingPercentEncoding ?? rawRoom)
+            room = try RoomName(pathSegment: rawRoom)
         } catch {
             throw APIError(.badRequest, error.description)
         }

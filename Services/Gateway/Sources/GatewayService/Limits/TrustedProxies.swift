@@ -50,6 +50,7 @@ package struct TrustedProxies: Sendable, Equatable {
 
     /// The address bytes of an IPv4 or IPv6 literal (an IPv4-mapped IPv6 address as its IPv4 bytes).
     static func addressBytes(_ text: String) -> [UInt8]? {
+        // Not an IP address: not a usable client address, which the caller treats as absent.
         guard let address = try? SocketAddress(ipAddress: text, port: 0) else { return nil }
         switch address {
         case .v4(let v4):

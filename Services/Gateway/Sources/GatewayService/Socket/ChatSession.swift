@@ -46,6 +46,9 @@ struct ChatSession {
         case error(String)
         /// The socket fell behind: close it (4008).
         case disconnectSlow
+        /// A gap history could not fill: close the socket (1013), and the client resumes with `?since=` from
+        /// what it has, so it misses nothing.
+        case resumeRequired
     }
 
     let capacity: Int
@@ -124,14 +127,17 @@ struct ChatSession {
 
     static let presencePrefix = Array(#"{"type":"presence""#.utf8)
 
-    /// The stored messages of a gap (nil when history did not answer: the gap stays, and the socket goes on
-    /// from `seq`), then what was held behind it.
+    /// The stored messages of a gap, then what was held behind it. When they do not cover the whole gap
+    /// (history did not answer, or the gap is longer than one read), the socket is closed for a resume.
     mutating func gapFilled(_ missing: (firstSeq: Int64?, frames: [ByteBuffer])?, before seq: Int64, emit: (Action) -> Void) {
-        guard phase == .live, fillingGap else { return }
-        if let missing, let first = missing.firstSeq, let last = lastSeq {
-            for (offset, frame) in missing.frames.enumerated() where first + Int64(offset) > last && first + Int64(offset) < seq {
-                emit(.write(frame))
-            }
+        guard phase == .live, fillingGap, let last = lastSeq else { return }
+        guard let missing, let first = missing.firstSeq, first <= last + 1, first + Int64(missing.frames.count) >= seq else {
+            close()
+            emit(.resumeRequired)
+            return
+        }
+        for (offset, frame) in missing.frames.enumerated() where first + Int64(offset) > last && first + Int64(offset) < seq {
+            emit(.write(frame))
         }
         lastSeq = seq - 1
         fillingGap = false

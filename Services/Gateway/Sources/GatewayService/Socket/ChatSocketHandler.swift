@@ -71,6 +71,7 @@ final class ChatSocketHandler: ChannelInboundHandler {
         let member = SocketMember(memberID: hub.allocateID(), handler: NIOLoopBound(self, eventLoop: context.eventLoop))
         hub.register(member)
         // Broadcast frames come encoded (WebSocket header included) and are written below the frame encoder.
+        // The upgrade always installs the encoder; without it (never seen) encoded broadcasts are not written.
         rawWriter = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
         self.member = member
         let opener = SessionOpener(services: services, endpoint: endpoint, headers: head?.headers ?? [:], uri: head?.uri ?? "", member: member)
@@ -198,8 +199,13 @@ final class ChatSocketHandler: ChannelInboundHandler {
     private func leave(_ room: OpenedSession, _ member: SocketMember) {
         GatewayMetrics.leaves.increment()
         let backend = services.backend
+        let logger = logger
         Task {
-            try? await backend.removeFromGroup(room.group, member)
+            do {
+                try await backend.removeFromGroup(room.group, member)
+            } catch {
+                logger.warning("leaving the room's group failed", metadata: ["error": "\(error)"])
+            }
             await backend.leave(group: room.group, email: room.presenceEmail, user: room.user)
         }
     }
@@ -215,6 +221,9 @@ final class ChatSocketHandler: ChannelInboundHandler {
         case .disconnectSlow:
             logger.warning("socket fell behind; disconnecting it")
             close(CloseCode.slowConsumer, reason: "too slow")
+        case .resumeRequired:
+            logger.warning("a gap in the room's order could not be filled from history; closing the socket for a resume")
+            close(CloseCode.tryAgainLater, reason: "resume")
         }
     }
 
@@ -233,9 +242,15 @@ final class ChatSocketHandler: ChannelInboundHandler {
 
     private func fillGap(after last: Int64, before seq: Int64) {
         guard let group = room?.group, let member else { return }
-        let backend = services.backend, handler = member.handler
+        let backend = services.backend, handler = member.handler, logger = logger
         Task {
-            let missing = try? await backend.history(group: group, limit: Int(min(seq - last - 1, 200)), beforeSeq: seq)
+            let missing: (firstSeq: Int64?, frames: [ByteBuffer])?
+            do {
+                missing = try await backend.history(group: group, limit: Int(min(seq - last - 1, 200)), beforeSeq: seq)
+            } catch {
+                logger.warning("history did not fill a gap", metadata: ["error": "\(error)"])
+                missing = nil
+            }
             handler.eventLoop.execute {
                 handler.value.session.gapFilled(missing, before: seq, emit: handler.value.perform)
                 handler.value.context?.flush()

@@ -55,6 +55,7 @@ struct BatchStorer: Sendable {
                     continue
                 }
                 // Unreachable and not answering in time are the same thing here: wait and retry the whole batch.
+                // Past the deadline counts as unreachable (the error is the answer).
                 if (try? await withDeadline(attemptLimit, { await store.isReachable() })) == true {
                     refusals += 1
                     if messages.count > 1 {
