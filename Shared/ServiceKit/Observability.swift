@@ -50,17 +50,21 @@ package enum LogFormat: String, Sendable, CaseIterable {
     case text, json
 }
 
-/// Writes one JSON object per log event to standard error: `ts`, `level`, `label`, `msg`, then the metadata
-/// as string fields (`chat.room`, `chat.gateway`, `amqp.queue`, `request.id`, …), for log collectors.
-package struct JSONLogHandler: LogHandler {
+/// Log lines to standard error through ``LogWriter`` (never blocking the caller on the output), as `json`: one
+/// object per event (`ts`, `level`, `label`, `msg`, then the metadata as string fields: `chat.room`,
+/// `chat.gateway`, `amqp.queue`, `request.id`, …, for log collectors), or as `text` for people.
+package struct ServiceLogHandler: LogHandler {
     package var metadata: Logger.Metadata = [:]
     package var metadataProvider: Logger.MetadataProvider?
     package var logLevel: Logger.Level = .info
     let label: String
-    private static let output = Mutex<Void>(())
+    let format: LogFormat
+    let output: LogWriter
 
-    package init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
+    package init(label: String, format: LogFormat, output: LogWriter = .standardError, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
+        self.format = format
+        self.output = output
         self.metadataProvider = metadataProvider
     }
 
@@ -75,19 +79,27 @@ package struct JSONLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { fields.merge(provided) { _, new in new } }
         if let extra = event.metadata { fields.merge(extra) { _, new in new } }
         if let error = event.error { fields["error"] = .string("\(error)") }
-        let line = Self.line(timestamp: Date(), level: event.level, label: label, message: event.message.description, metadata: fields)
-        Self.output.withLock { _ in
-            FileHandle.standardError.write(Data(line.utf8))
+        let message = event.message.description
+        switch format {
+        case .json: output.write(Self.jsonLine(timestamp: Date(), level: event.level, label: label, message: message, metadata: fields))
+        case .text: output.write(Self.textLine(timestamp: Date(), level: event.level, label: label, message: message, metadata: fields))
         }
     }
 
-    /// One log line (with its newline); fields in a fixed order, then metadata keys sorted.
-    static func line(timestamp: Date, level: Logger.Level, label: String, message: String, metadata: Logger.Metadata) -> String {
+    /// One JSON log line (with its newline); fields in a fixed order, then metadata keys sorted.
+    static func jsonLine(timestamp: Date, level: Logger.Level, label: String, message: String, metadata: Logger.Metadata) -> String {
         var line = "{\"ts\":\(JSONWriter.quoted(timestamp.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))))"
         line += ",\"level\":\(JSONWriter.quoted(level.rawValue)),\"label\":\(JSONWriter.quoted(label)),\"msg\":\(JSONWriter.quoted(message))"
         for key in metadata.keys.sorted() {
             line += ",\(JSONWriter.quoted(key)):\(JSONWriter.quoted(metadata[key]!.description))"
         }
         return line + "}\n"
+    }
+
+    /// One text log line, shaped as swift-log's `StreamLogHandler` writes them: time, level, label, metadata, message.
+    static func textLine(timestamp: Date, level: Logger.Level, label: String, message: String, metadata: Logger.Metadata) -> String {
+        var line = timestamp.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)) + " \(level) \(label) :"
+        for key in metadata.keys.sorted() { line += " \(key)=\(metadata[key]!)" }
+        return line + " " + message + "\n"
     }
 }

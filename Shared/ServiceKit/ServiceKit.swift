@@ -105,10 +105,7 @@ package enum ServiceLogging {
         bootstrapped.withLock { done in
             guard !done else { return }
             done = true
-            switch format {
-            case .text: LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-            case .json: LoggingSystem.bootstrap { JSONLogHandler(label: $0) }
-            }
+            LoggingSystem.bootstrap { ServiceLogHandler(label: $0, format: format) }
         }
     }
 
@@ -117,9 +114,11 @@ package enum ServiceLogging {
     package static func runMain(_ logger: Logger, _ body: () async throws -> Void) async -> Never {
         do {
             try await body()
+            LogWriter.standardError.flush()
             exit(0)
         } catch {
             logger.critical("stopped by an error", metadata: ["error": "\(error)"])
+            LogWriter.standardError.flush()
             exit(1)
         }
     }
@@ -189,6 +188,7 @@ package struct ServiceApplication: Service {
 /// Sleeps for `duration`, cut short by graceful shutdown or cancellation; returns false when the caller
 /// should stop (the process is shutting down).
 package func sleepUntilShutdown(for duration: Duration) async -> Bool {
+    // Cancellation is the expected way out of the sleep; the return value tells the caller.
     _ = try? await cancelWhenGracefulShutdown { try await Task.sleep(for: duration) }
     return !Task.isShuttingDownGracefully && !Task.isCancelled
 }
@@ -222,6 +222,7 @@ package struct MemoryTrimmer: Service {
     package func run() async throws {
         guard interval > .zero else {
             // Off: stay in the group until shutdown (a part that returns would end the whole process).
+            // Throws only when cancelled, which ends the wait the same way.
             try? await gracefulShutdown()
             return
         }

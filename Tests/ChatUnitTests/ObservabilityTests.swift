@@ -1,5 +1,8 @@
 import CoreMetrics
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import GatewayService
 import Hummingbird
 import Logging
@@ -9,13 +12,57 @@ import Testing
 /// Log lines, request ids and the settings that choose them; the metrics registry's exposition.
 @Suite struct ObservabilityTests {
     @Test func aJSONLogLineIsOneObjectWithItsMetadata() throws {
-        let line = JSONLogHandler.line(timestamp: Date(timeIntervalSince1970: 0), level: .warning, label: "chat.gateway",
+        let line = ServiceLogHandler.jsonLine(timestamp: Date(timeIntervalSince1970: 0), level: .warning, label: "chat.gateway",
                                        message: "a \"quoted\"\nmessage", metadata: ["chat.room": "lobby", "amqp.queue": "chat.gateway.g1"])
         #expect(line.hasSuffix("}\n") && line.filter { $0 == "\n" }.count == 1)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
         #expect(object["level"] == "warning" && object["label"] == "chat.gateway" && object["msg"] == "a \"quoted\"\nmessage")
         #expect(object["chat.room"] == "lobby" && object["amqp.queue"] == "chat.gateway.g1")
         #expect(object["ts"]?.hasPrefix("1970-01-01T00:00:00") == true)
+    }
+
+    /// Lines from many threads arrive whole; with the output stuck, callers go on and lines are dropped and
+    /// counted, and the count is written once the output moves again.
+    @Test func logLinesAreWrittenByTheirOwnThreadAndDroppedWhenTheOutputIsStuck() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+        func readAll() -> String {
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            while true {
+                let n = read(fds[0], &buffer, buffer.count)
+                if n <= 0 { break }
+                bytes += buffer[..<n]
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        let writer = LogWriter(fileDescriptor: fds[1], capacity: 16_384)
+        DispatchQueue.concurrentPerform(iterations: 4) { thread in
+            for i in 0..<50 { writer.write("thread \(thread) line \(i)\n") }
+        }
+        writer.flush()
+        let lines = readAll().split(separator: "\n")
+        #expect(lines.count == 200)
+        #expect(Set(lines).count == 200 && lines.allSatisfy { $0.hasPrefix("thread ") })
+
+        // Nobody reads: the pipe (64 KiB) fills, the writer thread blocks in write(2), the buffer fills, and
+        // the caller goes on. Every line is then either written or counted in a "dropped" line.
+        let line = String(repeating: "x", count: 1_023) + "\n"
+        for _ in 0..<200 { writer.write(line) }
+        var written = 0, dropped = 0
+        for _ in 0..<10_000 where written + dropped < 200 {
+            for line in readAll().split(separator: "\n") {
+                if line.hasPrefix("xxx") { written += 1 }
+                if line.contains("log lines dropped"), let count = line.split(separator: "\"").dropLast().last.flatMap({ Int($0) }) {
+                    dropped += count
+                }
+            }
+            usleep(1_000)
+        }
+        #expect(written + dropped == 200)
+        #expect(dropped > 0 && written > 0)
     }
 
     @Test func theLogFormatIsRefusedWhenMalformed() throws {
