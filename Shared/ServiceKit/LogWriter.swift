@@ -60,7 +60,8 @@ package final class LogWriter: @unchecked Sendable {
             condition.unlock()
 
             if lost > 0 {
-                chunk += Array("{\"level\":\"warning\",\"label\":\"log\",\"msg\":\"log lines dropped: the output was too slow\",\"dropped\":\"\(lost)\"}\n".utf8)
+                let now = Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+                chunk += Array("{\"ts\":\"\(now)\",\"level\":\"warning\",\"label\":\"log\",\"msg\":\"log lines dropped: the output was too slow\",\"dropped\":\"\(lost)\"}\n".utf8)
             }
             writeAll(chunk)
             chunk.removeAll(keepingCapacity: chunk.count <= 64 << 10)
