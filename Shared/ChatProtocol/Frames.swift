@@ -74,6 +74,17 @@ package enum ClientFrame {
         return writer.output
     }
 
+    /// `{"type":"read","reader_email","up_to_seq"}`: a consultation participant has read up to `up_to_seq`.
+    package static func read(readerEmail: String, upToSeq: Int64) -> String {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.field("type", "read")
+        writer.field("reader_email", readerEmail)
+        writer.field("up_to_seq", upToSeq)
+        writer.endObject()
+        return writer.output
+    }
+
     /// `{"type":"reset","last_seq"}`: more was missed than a resume sends; live messages follow `last_seq`.
     package static func reset(lastSeq: Int64) -> String {
         var writer = JSONWriter()
