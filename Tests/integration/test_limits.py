@@ -295,13 +295,23 @@ def test_a_socket_that_never_reads_is_closed_4008_and_the_room_keeps_its_p99():
                     if frame.get("message", "").startswith("t="):
                         latencies.append((time.time() - float(frame["message"][2:].split(" ")[0])) * 1000)
 
+            async def discard():
+                # The sender reads what it is sent, as a client does: one that never reads is a slow consumer too.
+                try:
+                    while True:
+                        await sender.recv()
+                except websockets.ConnectionClosed:
+                    pass
+
             task = asyncio.create_task(read())
+            discarding = asyncio.create_task(discard())
             for i in range(count):
                 await sender.send(json.dumps({"message": f"t={time.time():.6f} {text}"}))
                 if i % 50 == 0:
                     peak = max(peak, rss_kib(gateway_pid))
                 await asyncio.sleep(1 / rate)
             await task
+            discarding.cancel()
             latencies.sort()
             return latencies[int(len(latencies) * 0.99) - 1], latencies[len(latencies) // 2], max(peak, rss_kib(gateway_pid))
 
