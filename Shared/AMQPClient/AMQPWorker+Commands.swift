@@ -165,19 +165,18 @@ extension AMQPWorker {
             record.sink.finish()
             if record.channel != 0 {
                 let channel = record.channel
-                channelEpochs[channel] = nil
                 // Waits for close-ok; deliveries on this channel read meanwhile are queued by librabbitmq and
                 // dropped when handled (no consumer has the tag), and the broker requeues them.
                 try check(amqp_channel_close(conn, channel, AMQP_REPLY_SUCCESS), "channel.close")
-                freeChannels.append(channel)
+                channels.closed(channel)
             }
         case .ack(let channel, let epoch, let tag, let multiple):
             // The broker redelivers what a closed channel or an old connection held.
-            guard channelEpochs[channel] == epoch else { return }
+            guard channels.isCurrent(channel, epoch: epoch) else { return }
             let status = amqp_basic_ack(conn, channel, tag, multiple ? 1 : 0)
             if status != AMQP_STATUS_OK.rawValue { throw .connection("basic.ack: \(String(cString: amqp_error_string2(status)))") }
         case .nack(let channel, let epoch, let tag, let requeue):
-            guard channelEpochs[channel] == epoch else { return }
+            guard channels.isCurrent(channel, epoch: epoch) else { return }
             let status = amqp_basic_nack(conn, channel, tag, 0, requeue ? 1 : 0)
             if status != AMQP_STATUS_OK.rawValue { throw .connection("basic.nack: \(String(cString: amqp_error_string2(status)))") }
         }
@@ -235,16 +234,9 @@ extension AMQPWorker {
     }
 
     func startConsumer(_ record: ConsumerRecord) throws(Failure) {
-        let channel: UInt16
-        if let reused = freeChannels.popLast() {
-            channel = reused
-        } else {
-            channel = nextChannel
-            nextChannel += 1
-        }
+        let channel = channels.take()
         try openChannel(channel)
-        channelEpochs[channel] = nextEpoch
-        nextEpoch += 1
+        _ = channels.opened(channel)
         amqp_basic_qos(conn, channel, 0, record.prefetch, 0)
         try check(amqp_get_rpc_reply(conn), "basic.qos")
         try withArena { arena throws(Failure) in

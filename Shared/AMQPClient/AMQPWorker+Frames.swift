@@ -54,25 +54,24 @@ extension AMQPWorker {
             let delivery = AMQPDelivery(
                 body: body, exchange: exchange, routingKey: routingKey, properties: properties,
                 redelivered: deliver.redelivered != 0, deliveryTag: deliver.delivery_tag, channel: frame.channel,
-                channelEpoch: channelEpochs[frame.channel] ?? 0, connection: owner)
+                channelEpoch: channels.epoch(of: frame.channel) ?? 0, connection: owner)
             readyDeliveries[record.id, default: []].append(delivery)
             AMQPMetrics.deliveries.increment()
             if delivery.redelivered { AMQPMetrics.redeliveries.increment() }
         case CHAT_BASIC_ACK:
             let ack = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
-            confirm(tag: ack.delivery_tag, multiple: ack.multiple != 0, ok: true)
+            confirms.confirm(tag: ack.delivery_tag, multiple: ack.multiple != 0, ok: true)
         case CHAT_BASIC_NACK:
             let nack = decoded!.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
-            confirm(tag: nack.delivery_tag, multiple: nack.multiple != 0, ok: false)
+            confirms.confirm(tag: nack.delivery_tag, multiple: nack.multiple != 0, ok: false)
         case CHAT_BASIC_RETURN:
             let ret = decoded!.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
             let exchange = String(amqpBytes: ret.exchange)
             let routingKey = String(amqpBytes: ret.routing_key)
             let (properties, _) = try readContent(channel: frame.channel)
             if let tag = properties.headers[Self.publishTagHeader]?.intValue {
-                returnedTags.insert(UInt64(tag))
                 AMQPMetrics.returns.increment()
-                pendingConfirms[UInt64(tag)]?.returnedError = .unroutable(exchange: exchange, routingKey: routingKey)
+                confirms.returned(tag: UInt64(tag), .unroutable(exchange: exchange, routingKey: routingKey))
             }
         case CHAT_BASIC_CANCEL:
             let cancel = decoded!.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee

@@ -13,10 +13,7 @@ extension AMQPWorker {
 
     func publish(_ messages: [AMQPOutgoingMessage], batch: ConfirmBatch) throws(Failure) {
         for message in messages {
-            let tag = nextPublishTag
-            nextPublishTag += 1
-            pendingConfirms[tag] = batch
-            pendingOrder.append(tag)
+            let tag = confirms.register(batch)
             let status = withArena { arena -> Int32 in
                 var properties = message.properties
                 if message.mandatory {
@@ -36,44 +33,9 @@ extension AMQPWorker {
         AMQPMetrics.publishes.increment(by: messages.count)
     }
 
-    func confirm(tag: UInt64, multiple: Bool, ok: Bool) {
-        func settle(_ tag: UInt64) {
-            guard let batch = pendingConfirms.removeValue(forKey: tag) else { return }
-            (ok ? AMQPMetrics.confirms : AMQPMetrics.nacks).increment()
-            if !ok {
-                batch.failure = batch.failure ?? .nacked
-            } else if returnedTags.remove(tag) != nil {
-                batch.failure = batch.failure ?? batch.returnedError ?? .unroutable(exchange: "", routingKey: "")
-            }
-            batch.remaining -= 1
-            if batch.remaining == 0 { batch.finish() }
-        }
-        if multiple {
-            while pendingHead < pendingOrder.count, pendingOrder[pendingHead] <= tag {
-                settle(pendingOrder[pendingHead])
-                pendingHead += 1
-            }
-        } else {
-            settle(tag)
-            while pendingHead < pendingOrder.count, pendingConfirms[pendingOrder[pendingHead]] == nil { pendingHead += 1 }
-        }
-        if pendingHead > 1024, pendingHead * 2 > pendingOrder.count {
-            pendingOrder.removeFirst(pendingHead)
-            pendingHead = 0
-        }
-    }
-
     func failPendingConfirms(_ error: AMQPError) {
-        var seen = Set<ObjectIdentifier>()
-        for batch in pendingConfirms.values where seen.insert(ObjectIdentifier(batch)).inserted {
-            batch.failure = error
-            batch.finish()
-        }
-        if !seen.isEmpty { logger.debug("failed pending confirms", metadata: ["batches": "\(seen.count)"]) }
-        pendingConfirms.removeAll()
-        pendingOrder.removeAll()
-        pendingHead = 0
-        returnedTags.removeAll()
+        let failed = confirms.failAll(error)
+        if failed > 0 { logger.debug("failed pending confirms", metadata: ["batches": "\(failed)"]) }
     }
 }
 

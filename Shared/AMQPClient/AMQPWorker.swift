@@ -37,13 +37,8 @@ final class AMQPWorker: @unchecked Sendable {
     var bindings: Set<BindingSpec> = []
     var consumers: [Int: ConsumerRecord] = [:]
     var consumersByTag: [String: ConsumerRecord] = [:]
-    var nextChannel = AMQPWorker.firstConsumerChannel
-    /// Consumer channels closed on this connection, to be opened again before a new number is taken
-    /// (the broker allows 2,047 channels per connection).
-    var freeChannels: [UInt16] = []
-    /// The epoch of each open consumer channel; deliveries carry it, and acks must match it.
-    var channelEpochs: [UInt16: UInt64] = [:]
-    var nextEpoch: UInt64 = 1
+    /// The consumer channels: numbers in use and reused, and the epoch of each opening (acks must match it).
+    var channels = ConsumerChannels(first: AMQPWorker.firstConsumerChannel)
 
     /// Publishes and their confirms.
     static let publishChannel: amqp_channel_t = 1
@@ -51,11 +46,8 @@ final class AMQPWorker: @unchecked Sendable {
     /// so publishes waiting for their confirms on channel 1 and the consumers carry on.
     static let topologyChannel: amqp_channel_t = 2
     static let firstConsumerChannel: UInt16 = 3
-    var nextPublishTag: UInt64 = 1
-    var pendingConfirms: [UInt64: ConfirmBatch] = [:]
-    var pendingOrder: [UInt64] = []
-    var pendingHead = 0
-    var returnedTags: Set<UInt64> = []
+    /// Who waits for which publish's confirm on ``publishChannel``.
+    var confirms = ConfirmTracker()
     static let publishTagHeader = "x-chat-publish-tag"
 
     // Heartbeats, sent by us on a timer and checked against the last frame received.
@@ -175,10 +167,8 @@ final class AMQPWorker: @unchecked Sendable {
         amqp_confirm_select(conn, Self.publishChannel)
         try check(amqp_get_rpc_reply(conn), "confirm.select")
         try openChannel(Self.topologyChannel)
-        nextPublishTag = 1
-        nextChannel = Self.firstConsumerChannel
-        freeChannels.removeAll()
-        channelEpochs.removeAll()
+        confirms.failAll(.connectionLost)  // none is left by now; a new connection numbers its publishes from 1
+        channels.reset()
         lastFrameReceived = .now
         lastHeartbeatSent = .now
 
