@@ -13,6 +13,9 @@ package enum RoomRequest: Codable, Sendable, Equatable {
     case consultList(email: Email, role: UserRole)
     /// A user has read a room up to a seq. Answered with ``RoomReply/readUpTo(seq:)``, the mark now stored.
     case consultRead(roomID: Int64, email: Email, seq: Int64)
+    /// Who is in a room (a group key) now, across every gateway: the room service keeps the whole membership
+    /// from the gateways' fanout. Answered with ``RoomReply/presence(count:online:)``.
+    case presence(group: String)
 
     /// The operation's name, for logs and the `op` label of `chat_rooms_requests_total`.
     package var operation: String {
@@ -22,6 +25,7 @@ package enum RoomRequest: Codable, Sendable, Equatable {
         case .consultGet: "consult.get"
         case .consultList: "consult.list"
         case .consultRead: "consult.read"
+        case .presence: "presence"
         }
     }
 }
@@ -33,6 +37,8 @@ package enum RoomReply: Codable, Sendable, Equatable {
     case consultRoom(room: ConsultRoom, created: Bool)
     case consultRooms([ConsultRoom])
     case readUpTo(seq: Int64)
+    /// Sockets in the room, and the emails of those online (consultation rooms).
+    case presence(count: Int, online: [String])
     case notFound
     /// The request was wrong (an invalid name or email): the reason is for the client.
     case refused(reason: String)

@@ -16,12 +16,15 @@ import Synchronization
 final class RoomRequestResponder: Service {
     let connection: AMQPConnection
     let store: RoomStore
+    /// The whole membership, from the gateways' fanout (``MembershipListener``): presence is answered from it.
+    let membership: Membership
     let readiness: Readiness
     let logger: Logger
     let decoder = JSONDecoder()
     let encoder = JSONEncoder()
 
-    init(connection: AMQPConnection, store: RoomStore, readiness: Readiness, logger: Logger) {
+    init(connection: AMQPConnection, store: RoomStore, membership: Membership, readiness: Readiness, logger: Logger) {
+        self.membership = membership
         self.connection = connection
         self.store = store
         self.readiness = readiness
@@ -87,6 +90,8 @@ final class RoomRequestResponder: Service {
             return .consultRoom(room: room, created: false)
         case .consultList(let email, let role):
             return .consultRooms(try await store.consultRooms(email: email.value, role: role))
+        case .presence(let group):
+            return .presence(count: membership.members(of: group), online: membership.online(in: group).keys.sorted())
         case .consultRead(let roomID, let email, let seq):
             return .readUpTo(seq: try await store.markRead(roomID: roomID, email: email.value, seq: seq))
         }

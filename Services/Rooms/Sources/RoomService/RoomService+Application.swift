@@ -23,7 +23,7 @@ package func buildApplication(_ configuration: RoomConfiguration, logger: Logger
     let store = RoomStore(database: database)
     let readiness = Readiness()
     let membership = Membership(expiry: configuration.gatewayExpiry)
-    let responder = RoomRequestResponder(connection: connection, store: store, readiness: readiness, logger: logger)
+    let responder = RoomRequestResponder(connection: connection, store: store, membership: membership, readiness: readiness, logger: logger)
     let listener = MembershipListener(connection: connection, membership: membership, instanceID: configuration.instanceID, logger: logger)
     let health = makeHealthServer(service: "rooms", host: configuration.healthHost, port: configuration.healthPort,
                                   connection: connection, readiness: readiness, logger: logger) { router in

@@ -112,7 +112,13 @@ final class GatewayBackend: Service {
     func releaseSocket(ofUser user: String) { presence.releaseSocket(ofUser: user) }
 
     /// A room's sockets on every gateway and who is online in it.
-    func presenceSnapshot(_ group: String) -> (count: Int, online: [String]) { presence.snapshot(of: group) }
+    /// Who is in a room across every gateway, as the room service (the membership's authority) has it.
+    func roomPresence(_ group: String) async throws -> (count: Int, online: [String]) {
+        switch try await roomRequest(.presence(group: group)) {
+        case .presence(let count, let online): return (count, online)
+        case let other: throw Self.unexpected(other)
+        }
+    }
 
     /// Asks every gateway (this one too, through the fanout) to close the user's sockets.
     func disconnectEverywhere(user: String, reason: String) {

@@ -23,8 +23,6 @@ protocol PresenceManager: Sendable {
     func reserveSocket(ofUser user: String, limit: Int) -> Bool
     /// A counted socket of the user closed (or did not open).
     func releaseSocket(ofUser user: String)
-    /// Sockets in a room on every gateway, and the emails online in it (consultation rooms).
-    func snapshot(of group: String) -> (count: Int, online: [String])
 }
 
 /// Presence from the membership fanout: the others' members in a ``Membership``, this gateway's own named
@@ -90,13 +88,6 @@ final class MembershipPresence: PresenceManager {
             users[user] = here + 1
             return true
         }
-    }
-
-    func snapshot(of group: String) -> (count: Int, online: [String]) {
-        let count = hub.memberCount(group) + others.members(of: group, excluding: gatewayID)
-        var online = Set(others.online(in: group, excluding: gatewayID).keys)
-        online.formUnion(localOnline.withLock { $0[group]?.keys.map { $0 } ?? [] })
-        return (count, Array(online))
     }
 
     func releaseSocket(ofUser user: String) {

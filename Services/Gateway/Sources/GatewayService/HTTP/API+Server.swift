@@ -107,7 +107,7 @@ extension API {
             roomID = id
         }
         let (group, consult) = try await serverGroup(room: query.get("room").map { String($0) }, roomID: roomID)
-        let presence = backend.presenceSnapshot(group)
+        let presence = try await backend.roomPresence(group)
         return ServerPresenceBody(room: consult == nil ? ChatGroup.displayName(ofKey: group) : nil, roomID: consult?.id,
                                   count: presence.count, online: consult == nil ? nil : presence.online.sorted())
     }
