@@ -28,7 +28,7 @@ final class AMQPWorker: @unchecked Sendable {
     /// The state librabbitmq-c's calls take; nil (which they refuse) while not connected.
     var conn: amqp_connection_state_t? { handle?.state }
     var generation: UInt64 = 0
-    var reconnectDelay: Duration = .milliseconds(100)
+    lazy var reconnect = Backoff(maximum: owner.configuration.maxReconnectDelay)
 
     // Topology to declare again after a reconnect, in declaration order.
     var exchanges: [ExchangeSpec] = []
@@ -96,7 +96,7 @@ final class AMQPWorker: @unchecked Sendable {
     func connectOnce() {
         do {
             try connect()
-            reconnectDelay = .milliseconds(100)
+            reconnect.reset()
             if owner.connects.add(1, ordering: .relaxed).newValue > 1 { AMQPMetrics.reconnects.increment() }
             owner.connected.store(true, ordering: .releasing)
             let waiters = owner.shared.withLock { state -> [CheckedContinuation<Void, Never>] in
@@ -107,9 +107,9 @@ final class AMQPWorker: @unchecked Sendable {
             logger.info("AMQP connected", metadata: ["amqp.generation": "\(generation)"])
         } catch {
             destroyConnection()
-            logger.warning("AMQP connect failed, retrying", metadata: ["error": "\(error)", "retry.in": "\(reconnectDelay)"])
-            sleepInterruptibly(reconnectDelay)
-            reconnectDelay = min(reconnectDelay * 2, owner.configuration.maxReconnectDelay)
+            let delay = reconnect.next()
+            logger.warning("AMQP connect failed, retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+            sleepInterruptibly(delay)
         }
     }
 

@@ -14,12 +14,17 @@ package enum ChatTopology {
     /// The partition of a room: FNV-1a (64 bit) of its group name, modulo the partition count. Stable across
     /// processes and releases, since gateways and workers compute it apart.
     package static func partition(of group: String, count: Int) -> Int {
+        Int(fnv1a(group.utf8) % UInt64(max(1, count)))
+    }
+
+    /// FNV-1a, 64 bit: a hash every process computes alike (partitions, long routing keys).
+    static func fnv1a(_ bytes: String.UTF8View) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in group.utf8 {
+        for byte in bytes {
             hash ^= UInt64(byte)
             hash &*= 0x0000_0100_0000_01b3
         }
-        return Int(hash % UInt64(max(1, count)))
+        return hash
     }
     /// Fanout exchange of the persistence workers' heartbeats, from which each computes who owns which partition.
     package static let workersExchange = "chat.persistence.workers"
@@ -50,12 +55,7 @@ package enum ChatTopology {
     package static func routingKey(forGroup group: String) -> String {
         let utf8 = group.utf8
         if utf8.count <= 200 { return group }
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x0000_0100_0000_01b3
-        }
-        return "h:" + String(hash, radix: 16) + ":\(utf8.count)"
+        return "h:" + String(fnv1a(utf8), radix: 16) + ":\(utf8.count)"
     }
 
     /// Header carrying the full group name (routing keys may be hashed).

@@ -1,3 +1,4 @@
+import AMQPClient
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -30,7 +31,7 @@ package final class Readiness: Sendable {
 /// waits for a connection rather than failing, and that wait must show up as an attempt that did not succeed.
 package func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, logger: Logger, attemptTimeout: Duration? = .seconds(5),
                                         _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    var delay: Duration = .milliseconds(100)
+    var backoff = Backoff()
     var attempt = 1
     readiness.waiting(part, "starting")
     while true {
@@ -41,10 +42,9 @@ package func retryUntilDone<T: Sendable>(_ part: String, readiness: Readiness, l
             return value
         } catch {
             readiness.waiting(part, "\(error)")
-            logger.warning("\(part) not ready, retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)", "attempt": "\(attempt)"])
+            logger.warning("\(part) not ready, retrying", metadata: ["error": "\(error)", "retry.in": "\(backoff.delay)", "attempt": "\(attempt)"])
         }
-        guard await sleepUntilShutdown(for: delay) else { throw CancellationError() }
-        delay = min(delay * 2, .seconds(5))
+        guard await sleepUntilShutdown(for: backoff.next()) else { throw CancellationError() }
         attempt += 1
     }
 }

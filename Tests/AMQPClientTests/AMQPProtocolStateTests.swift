@@ -83,4 +83,11 @@ import Testing
         #expect(channels.take() == 3)
         #expect(channels.epoch(of: 4) == nil && !channels.isCurrent(3, epoch: again))
     }
+
+    @Test func backoffDoublesUpToItsMaximumAndStartsOverAfterASuccess() {
+        var backoff = Backoff(initial: .milliseconds(100), maximum: .milliseconds(500))
+        #expect((0..<5).map { _ in backoff.next() } == [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(500), .milliseconds(500)])
+        backoff.reset()
+        #expect(backoff.next() == .milliseconds(100))
+    }
 }

@@ -2,16 +2,10 @@ import AMQPClient
 import ChannelLayer
 import ChatProtocol
 import ChatWire
-import ChatStorage
-import CoreMetrics
-import Foundation
-import Hummingbird
 import Logging
-import NIOCore
 import Presence
 import ServiceKit
 import ServiceLifecycle
-import Synchronization
 
 /// Keeps this instance's ``Membership`` from the gateways' fanout, on a queue of its own (exclusive: it goes
 /// with the instance). Events are applied on the connection's thread as they are read, in the order each

@@ -1,16 +1,6 @@
 import AMQPClient
-import ChannelLayer
-import ChatProtocol
-import ChatStorage
-import CoreMetrics
 import Foundation
-import Hummingbird
-import Logging
-import NIOCore
-import Presence
 import ServiceKit
-import ServiceLifecycle
-import Synchronization
 
 /// Configuration of the room service, read from the environment in one place.
 package struct RoomConfiguration: Sendable {

@@ -1,16 +1,13 @@
 import AMQPClient
-import ChannelLayer
 import ChatProtocol
 import ChatStorage
 import CoreMetrics
 import Foundation
-import Hummingbird
 import Logging
 import NIOCore
 import Presence
 import ServiceKit
 import ServiceLifecycle
-import Synchronization
 
 /// Answers the gateways on `chat.rooms.requests`.
 final class RoomRequestResponder: Service {

@@ -1,16 +1,9 @@
 import AMQPClient
-import ChannelLayer
-import ChatProtocol
 import ChatStorage
-import CoreMetrics
-import Foundation
 import Hummingbird
 import Logging
-import NIOCore
 import Presence
 import ServiceKit
-import ServiceLifecycle
-import Synchronization
 
 /// Builds the room service: rooms in its database, the whole membership from the gateways' fanout (every
 /// instance keeps all of it, so any instance answers alike), requests load-balanced over the instances.

@@ -10,7 +10,6 @@ import NIOPosix
 import Presence
 import ServiceKit
 import ServiceLifecycle
-import Synchronization
 
 /// Builds the gateway: its broker connection, its channel layer (one exclusive queue for this process),
 /// the heartbeat to the room service, and the HTTP + WebSocket server.

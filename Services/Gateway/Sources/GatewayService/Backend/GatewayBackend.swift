@@ -1,16 +1,13 @@
 import AMQPClient
 import ChannelLayer
 import ChatProtocol
+import ChatWire
 import Foundation
-import Hummingbird
-import HummingbirdCore
 import Logging
 import NIOCore
-import NIOPosix
 import Presence
 import ServiceKit
 import ServiceLifecycle
-import Synchronization
 
 /// What sessions use to reach the other services, through the ``GatewayBroker``; also declares the topology
 /// and sends this gateway's heartbeats (its member counts) to the room service.

@@ -1,16 +1,7 @@
 import AMQPClient
-import ChannelLayer
 import ChatProtocol
 import ChatWire
-import Foundation
-import Hummingbird
-import HummingbirdCore
-import Logging
 import NIOCore
-import NIOPosix
-import Presence
-import ServiceKit
-import ServiceLifecycle
 import Synchronization
 
 /// Coalesces the client messages of every socket of this gateway into one AMQP message per partition on

@@ -1,16 +1,7 @@
-import AMQPClient
 import ChannelLayer
-import ChatProtocol
-import Foundation
-import Hummingbird
-import HummingbirdCore
-import Logging
 import NIOCore
-import NIOPosix
-import Presence
 import ServiceKit
 import ServiceLifecycle
-import Synchronization
 
 /// Sends each room's presence to this gateway's sockets in it whenever it changes, at most once a second per
 /// room (a joining socket gets the current one at once, see ``ChatSocketHandler``), and forgets other gateways

@@ -1,3 +1,4 @@
+import AMQPClient
 import ChatProtocol
 import ChatStorage
 import Logging
@@ -34,7 +35,7 @@ struct BatchStorer: Sendable {
     func store(_ messages: ArraySlice<InboundChatMessage>, checkExisting: Bool) async -> StoredBatch? {
         if messages.isEmpty { return StoredBatch(taken: [], refused: []) }
         var check = checkExisting
-        var delay = firstRetry
+        var backoff = Backoff(initial: firstRetry)
         var refusals = 0
         let store = self.store, batch = Array(messages)
         while true {
@@ -70,10 +71,9 @@ struct BatchStorer: Sendable {
                     if refusals >= 3 { return StoredBatch(taken: [], refused: [(messages[messages.startIndex], Self.reason(error))]) }
                 } else {
                     logger.error("database unavailable; retrying the batch",
-                                 metadata: ["error": "\(error)", "batch.size": "\(messages.count)", "retry.in": "\(delay)"])
+                                 metadata: ["error": "\(error)", "batch.size": "\(messages.count)", "retry.in": "\(backoff.delay)"])
                 }
-                guard await sleepUntilShutdown(for: delay) else { return nil }
-                delay = min(delay * 2, .seconds(5))
+                guard await sleepUntilShutdown(for: backoff.next()) else { return nil }
             }
         }
     }
