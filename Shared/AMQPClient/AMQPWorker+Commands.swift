@@ -91,6 +91,15 @@ extension AMQPWorker {
 
     func execute(_ command: AMQPCommand) throws(Failure) {
         switch command {
+        case .declareExchange, .declareQueue, .deleteQueue, .messageCount, .bind, .unbind: try executeTopology(command)
+        case .publish, .publishTracked, .publishProduced: try executePublish(command)
+        case .consume, .cancelConsumer, .releaseConsumer, .ack, .nack: try executeConsumer(command)
+        }
+    }
+
+    /// Declares, binds and deletes, on the topology channel.
+    private func executeTopology(_ command: AMQPCommand) throws(Failure) {
+        switch command {
         // Topology is recorded before it is declared: if the connection drops midway, the next connection
         // declares it; only a refusal by the broker takes it back out.
         case .declareExchange(let spec, let c):
@@ -133,6 +142,14 @@ extension AMQPWorker {
                     try check(amqp_get_rpc_reply(conn), "queue.unbind")
                 }
             }
+        default:
+            preconditionFailure("not a topology command")
+        }
+    }
+
+    /// Publishes, on the publish channel; their confirms come back through ``ConfirmTracker``.
+    private func executePublish(_ command: AMQPCommand) throws(Failure) {
+        switch command {
         case .publish(let messages, let c):
             try publish(messages, batch: ConfirmBatch(remaining: messages.count, continuation: c))
         case .publishTracked(let messages, let confirmation):
@@ -145,6 +162,14 @@ extension AMQPWorker {
                     try publish(batch.messages, batch: ConfirmBatch(remaining: batch.messages.count, confirmation: batch.confirmation))
                 }
             }
+        default:
+            preconditionFailure("not a publish command")
+        }
+    }
+
+    /// Consumers (each on a channel of its own) and the acks of their deliveries.
+    private func executeConsumer(_ command: AMQPCommand) throws(Failure) {
+        switch command {
         case .consume(let record):
             consumers[record.id] = record
             try startConsumerOrDrop(record)
@@ -179,6 +204,8 @@ extension AMQPWorker {
             guard channels.isCurrent(channel, epoch: epoch) else { return }
             let status = amqp_basic_nack(conn, channel, tag, 0, requeue ? 1 : 0)
             if status != AMQP_STATUS_OK.rawValue { throw .connection("basic.nack: \(String(cString: amqp_error_string2(status)))") }
+        default:
+            preconditionFailure("not a consumer command")
         }
     }
 

@@ -48,43 +48,8 @@ package final class MessageStore: Sendable {
         let result: ([StoredChatMessage], [String: Int64])
         do {
             result = try await database.transaction { tx in
-                var stored: [String: StoredChatMessage] = [:]
-                // Existing rows (redeliveries), in chunks to stay under every bind-parameter limit.
-                let ids = checkExisting ? Array(Set(batch.map(\.id))) : []
-                for chunk in stride(from: 0, to: ids.count, by: 500).map({ Array(ids[$0..<min($0 + 500, ids.count)]) }) {
-                    let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
-                    let rows = try await tx.query(
-                        "SELECT \(Self.columns) FROM chat_messages WHERE id IN (\(marks))",
-                        chunk.map { .text($0) })
-                    for row in rows { let m = Self.message(row); stored[m.id] = m }
-                }
-                // Rows of the rooms' client ids (resends), found by (room, client id).
-                var byClientID: [ClientKey: StoredChatMessage] = [:]
-                let clientIDs = checkExisting ? Array(Set(batch.filter { stored[$0.id] == nil }.compactMap(\.clientID))) : []
-                for chunk in stride(from: 0, to: clientIDs.count, by: 500).map({ Array(clientIDs[$0..<min($0 + 500, clientIDs.count)]) }) {
-                    let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
-                    let rows = try await tx.query(
-                        "SELECT \(Self.columns) FROM chat_messages WHERE client_id IN (\(marks))", chunk.map { .text($0) })
-                    for row in rows { let m = Self.message(row); if let id = m.clientID { byClientID[ClientKey(group: m.group, id: id)] = m } }
-                }
-                for message in batch where stored[message.id] == nil {
-                    if let id = message.clientID, let row = byClientID[ClientKey(group: message.group, id: id)] { stored[message.id] = row }
-                }
-                // Next seq per room: from the cache, else for all the batch's other rooms in one query per 500 rooms.
-                let batchGroups = Set(batch.filter { stored[$0.id] == nil }.map(\.group))
-                var nextSeq = nextSeqCache.withLock { cache in
-                    var known: [String: Int64] = [:]
-                    for group in batchGroups { if let seq = cache[group] { known[group] = seq } }
-                    return known
-                }
-                let groups = batchGroups.filter { nextSeq[$0] == nil }.sorted()
-                for chunk in stride(from: 0, to: groups.count, by: 500).map({ Array(groups[$0..<min($0 + 500, groups.count)]) }) {
-                    for group in chunk { nextSeq[group] = 1 }
-                    let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
-                    let rows = try await tx.query("SELECT grp, MAX(seq) FROM chat_messages WHERE grp IN (\(marks)) GROUP BY grp",
-                                                  chunk.map { .text($0) })
-                    for row in rows { if let g = row[0].string, let max = row[1].int { nextSeq[g] = max + 1 } }
-                }
+                var (stored, byClientID) = checkExisting ? try await existingRows(of: batch, tx) : ([:], [:])
+                var nextSeq = try await nextSeqs(of: Set(batch.filter { stored[$0.id] == nil }.map(\.group)), tx)
                 var inserts: [StoredChatMessage] = []
                 for message in batch where stored[message.id] == nil {
                     if let id = message.clientID, let earlier = byClientID[ClientKey(group: message.group, id: id)] {
@@ -99,10 +64,8 @@ package final class MessageStore: Sendable {
                     if let id = message.clientID { byClientID[ClientKey(group: message.group, id: id)] = row }
                     inserts.append(row)
                 }
-                for chunk in stride(from: 0, to: inserts.count, by: Self.rowsPerInsert).map({
-                    Array(inserts[$0..<min($0 + Self.rowsPerInsert, inserts.count)])
-                }) {
-                    let (sql, binds) = Self.insertStatement(chunk)
+                for chunk in inserts.chunks(of: Self.rowsPerInsert) {
+                    let (sql, binds) = Self.insertStatement(Array(chunk))
                     _ = try await tx.query(sql, binds)
                 }
                 return (batch.map { stored[$0.id]! }, nextSeq)
@@ -117,6 +80,48 @@ package final class MessageStore: Sendable {
         }
         return result.0
     }
+
+    /// The rows a batch has already: by message id (redeliveries), and by (room, client id) (a client's resends),
+    /// each message given the row of its client id when it has one. Read in chunks of 500, under every database's
+    /// bind-parameter limit.
+    private func existingRows(of batch: [InboundChatMessage], _ tx: any SQLTransaction) async throws
+        -> (byID: [String: StoredChatMessage], byClientID: [ClientKey: StoredChatMessage]) {
+        var stored: [String: StoredChatMessage] = [:]
+        for chunk in Array(Set(batch.map(\.id))).chunks(of: 500) {
+            let rows = try await tx.query("SELECT \(Self.columns) FROM chat_messages WHERE id IN (\(Self.marks(chunk.count)))",
+                                          chunk.map { .text($0) })
+            for row in rows { let m = Self.message(row); stored[m.id] = m }
+        }
+        var byClientID: [ClientKey: StoredChatMessage] = [:]
+        for chunk in Array(Set(batch.filter { stored[$0.id] == nil }.compactMap(\.clientID))).chunks(of: 500) {
+            let rows = try await tx.query("SELECT \(Self.columns) FROM chat_messages WHERE client_id IN (\(Self.marks(chunk.count)))",
+                                          chunk.map { .text($0) })
+            for row in rows { let m = Self.message(row); if let id = m.clientID { byClientID[ClientKey(group: m.group, id: id)] = m } }
+        }
+        for message in batch where stored[message.id] == nil {
+            if let id = message.clientID, let row = byClientID[ClientKey(group: message.group, id: id)] { stored[message.id] = row }
+        }
+        return (stored, byClientID)
+    }
+
+    /// The next seq of each room: from the cache, else from the database in one query per 500 rooms.
+    private func nextSeqs(of groups: Set<String>, _ tx: any SQLTransaction) async throws -> [String: Int64] {
+        var nextSeq = nextSeqCache.withLock { cache in
+            var known: [String: Int64] = [:]
+            for group in groups { if let seq = cache[group] { known[group] = seq } }
+            return known
+        }
+        for chunk in groups.filter({ nextSeq[$0] == nil }).sorted().chunks(of: 500) {
+            for group in chunk { nextSeq[group] = 1 }
+            let rows = try await tx.query("SELECT grp, MAX(seq) FROM chat_messages WHERE grp IN (\(Self.marks(chunk.count))) GROUP BY grp",
+                                          chunk.map { .text($0) })
+            for row in rows { if let g = row[0].string, let max = row[1].int { nextSeq[g] = max + 1 } }
+        }
+        return nextSeq
+    }
+
+    /// `?,?,…`: `count` bind markers.
+    static func marks(_ count: Int) -> String { Array(repeating: "?", count: count).joined(separator: ",") }
 
     /// A room's client id.
     struct ClientKey: Hashable {
@@ -217,5 +222,12 @@ package final class MessageStore: Sendable {
     static func message(_ row: [SQLValue]) -> StoredChatMessage {
         StoredChatMessage(id: row[0].string ?? "", group: row[1].string ?? "", seq: row[2].int ?? 0, sender: row[3].string,
                           text: row[4].string ?? "", createdAt: row[5].int ?? 0, clientID: row.count > 6 ? row[6].string : nil)
+    }
+}
+
+extension Array {
+    /// The array in consecutive pieces of at most `size` elements.
+    func chunks(of size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: size).map { self[$0..<Swift.min($0 + size, count)] }
     }
 }
