@@ -94,79 +94,77 @@ import Glibc
         return logger
     }()
 
-    @Test func theGatewayStopsServingAndTellsTheOthersItIsGone() async throws {
-        let port = Self.freePort(), id = "shutdown-\(UUID().uuidString.prefix(6))"
-        let configuration = try GatewayConfiguration.fromEnvironment(EnvironmentReader([
-            "CHAT_AMQP_URL": Self.amqpURL, "CHAT_GATEWAY_PORT": "\(port)", "CHAT_GATEWAY_ID": id, "CHAT_ALLOW_ANONYMOUS": "1",
-        ]))
-        let observer = AMQPConnection(configuration: try AMQPConfiguration(url: Self.amqpURL, connectionName: "test-observer"), logger: Self.logger)
-        await observer.waitUntilConnected()
-        try await ChatTopology.declare(.roomsInstance(id: "observer-\(id)"), on: observer)
-        let queue = try await Self.listen(on: ChatTopology.membershipExchange, observer)
-
-        let application = try await buildApplication(configuration, logger: Self.logger)
+    /// Runs `application` until its health port says ready, shuts it down gracefully, and checks that it
+    /// returned without an error and stopped serving.
+    static func runAndShutDown(_ application: ServiceApplication, port: Int) async throws {
         try await testGracefulShutdown { shutdown in
             async let running: Void = application.run()
-            try await Self.waitUntilReady(port: port)
+            try await waitUntilReady(port: port)
             shutdown.triggerGracefulShutdown()
             try await running
         }
-        #expect(Self.status(port: port, path: "/health") == nil, "the port is closed after shutdown")
-        let events = try await Self.bodies(of: queue, observer).compactMap { try? MembershipWire.decode($0) }.filter { $0.gateway == id }
-        #expect(events.contains { $0.kind == .heartbeat })
-        #expect(events.last?.kind == .stop, "its last word on the broker is that it stopped")
-        await observer.close()
+        #expect(status(port: port, path: "/health") == nil, "the port is closed after shutdown")
+    }
+
+    /// A connection of the test's own, to look at the broker.
+    static func observer() async throws -> AMQPConnection {
+        let observer = AMQPConnection(configuration: try AMQPConfiguration(url: amqpURL, connectionName: "test-observer"), logger: logger)
+        await observer.waitUntilConnected()
+        return observer
+    }
+
+    /// A fresh id, a free port, and a directory for an SQLite database (removed after `body`).
+    static func withInstance(_ body: (_ id: String, _ port: Int, _ directory: String) async throws -> Void) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chat-shutdown-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await body("shutdown-\(UUID().uuidString.prefix(6))", freePort(), directory.path)
+    }
+
+    @Test func theGatewayStopsServingAndTellsTheOthersItIsGone() async throws {
+        try await Self.withInstance { id, port, _ in
+            let configuration = try GatewayConfiguration.fromEnvironment(EnvironmentReader([
+                "CHAT_AMQP_URL": Self.amqpURL, "CHAT_GATEWAY_PORT": "\(port)", "CHAT_GATEWAY_ID": id, "CHAT_ALLOW_ANONYMOUS": "1",
+            ]))
+            let observer = try await Self.observer()
+            try await ChatTopology.declare(.roomsInstance(id: "observer-\(id)"), on: observer)
+            let queue = try await Self.listen(on: ChatTopology.membershipExchange, observer)
+            try await Self.runAndShutDown(try await buildApplication(configuration, logger: Self.logger), port: port)
+            let events = try await Self.bodies(of: queue, observer).compactMap { try? MembershipWire.decode($0) }.filter { $0.gateway == id }
+            #expect(events.contains { $0.kind == .heartbeat })
+            #expect(events.last?.kind == .stop, "its last word on the broker is that it stopped")
+            await observer.close()
+        }
     }
 
     @Test func aPersistenceWorkerHandsItsPartitionsBackAsItLeaves() async throws {
-        let port = Self.freePort(), id = "shutdown-\(UUID().uuidString.prefix(6))"
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chat-shutdown-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let configuration = try PersistenceConfiguration.fromEnvironment(EnvironmentReader([
-            "CHAT_AMQP_URL": Self.amqpURL, "CHAT_HEALTH_PORT": "\(port)", "CHAT_PERSIST_WORKER_ID": id,
-            "CHAT_DATABASE_URL": "sqlite:\(directory.path)/messages.sqlite",
-        ]))
-        let observer = AMQPConnection(configuration: try AMQPConfiguration(url: Self.amqpURL, connectionName: "test-observer"), logger: Self.logger)
-        await observer.waitUntilConnected()
-        try await ChatTopology.declare(.persistenceWorker(id: "observer-\(id)"), on: observer)
-        let queue = try await Self.listen(on: ChatTopology.workersExchange, observer)
-
-        let application = try await buildApplication(configuration, logger: Self.logger)
-        try await testGracefulShutdown { shutdown in
-            async let running: Void = application.run()
-            try await Self.waitUntilReady(port: port)
-            shutdown.triggerGracefulShutdown()
-            try await running
+        try await Self.withInstance { id, port, directory in
+            let configuration = try PersistenceConfiguration.fromEnvironment(EnvironmentReader([
+                "CHAT_AMQP_URL": Self.amqpURL, "CHAT_HEALTH_PORT": "\(port)", "CHAT_PERSIST_WORKER_ID": id,
+                "CHAT_DATABASE_URL": "sqlite:\(directory)/messages.sqlite",
+            ]))
+            let observer = try await Self.observer()
+            try await ChatTopology.declare(.persistenceWorker(id: "observer-\(id)"), on: observer)
+            let queue = try await Self.listen(on: ChatTopology.workersExchange, observer)
+            try await Self.runAndShutDown(try await buildApplication(configuration, logger: Self.logger), port: port)
+            let said = try await Self.bodies(of: queue, observer).map { String(buffer: $0) }.filter { $0.hasSuffix(id) }
+            #expect(said.first == id, "it announced itself")
+            #expect(said.last == "-" + id, "and said it was leaving, so the others take its partitions at once")
+            await observer.close()
         }
-        #expect(Self.status(port: port, path: "/health") == nil)
-        let said = try await Self.bodies(of: queue, observer).map { String(buffer: $0) }.filter { $0.hasSuffix(id) }
-        #expect(said.first == id, "it announced itself")
-        #expect(said.last == "-" + id, "and said it was leaving, so the others take its partitions at once")
-        await observer.close()
     }
 
     @Test func aRoomServiceInstanceStopsServingAndReturns() async throws {
-        let port = Self.freePort(), id = "shutdown-\(UUID().uuidString.prefix(6))"
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chat-shutdown-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let configuration = try RoomConfiguration.fromEnvironment(EnvironmentReader([
-            "CHAT_AMQP_URL": Self.amqpURL, "CHAT_HEALTH_PORT": "\(port)", "CHAT_ROOMS_INSTANCE_ID": id,
-            "CHAT_DATABASE_URL": "sqlite:\(directory.path)/rooms.sqlite",
-        ]))
-        let application = try await buildApplication(configuration, logger: Self.logger)
-        try await testGracefulShutdown { shutdown in
-            async let running: Void = application.run()
-            try await Self.waitUntilReady(port: port)
-            shutdown.triggerGracefulShutdown()
-            try await running
+        try await Self.withInstance { id, port, directory in
+            let configuration = try RoomConfiguration.fromEnvironment(EnvironmentReader([
+                "CHAT_AMQP_URL": Self.amqpURL, "CHAT_HEALTH_PORT": "\(port)", "CHAT_ROOMS_INSTANCE_ID": id,
+                "CHAT_DATABASE_URL": "sqlite:\(directory)/rooms.sqlite",
+            ]))
+            try await Self.runAndShutDown(try await buildApplication(configuration, logger: Self.logger), port: port)
+            // Its own membership queue went with its connection (exclusive): nothing is left behind on the broker.
+            let observer = try await Self.observer()
+            await #expect(throws: AMQPError.self) { _ = try await observer.messageCount(queue: ChatTopology.roomsInstanceQueue(id)) }
+            await observer.close()
         }
-        #expect(Self.status(port: port, path: "/health") == nil)
-        // Its own membership queue went with its connection (exclusive): nothing is left behind on the broker.
-        let observer = AMQPConnection(configuration: try AMQPConfiguration(url: Self.amqpURL, connectionName: "test-observer"), logger: Self.logger)
-        await observer.waitUntilConnected()
-        await #expect(throws: AMQPError.self) { _ = try await observer.messageCount(queue: ChatTopology.roomsInstanceQueue(id)) }
-        await observer.close()
     }
 }
