@@ -268,8 +268,9 @@ struct SocketStateMachine {
 
     // MARK: From the room
 
-    /// Broadcasts for this socket's room, in seq order (see ``ChatSession``); `writable` is the channel's state
-    /// after them: a client that stops reading falls `mailboxCapacity` messages behind and is closed (4008).
+    /// Broadcasts for this socket's room, in seq order (see ``ChatSession``). `writable` is the channel's state
+    /// as the batch arrives (after the previous batch's flush; this one's writes are carried out after the
+    /// machine returns): a client that stops reading falls `mailboxCapacity` messages behind and is closed (4008).
     mutating func deliver(_ messages: [ChannelMessage], writable: () -> Bool, emit: (Action) -> Void) {
         guard connection == .open else { return }
         withSession(emit: emit) { $0.deliver(messages, emit: $1) }
